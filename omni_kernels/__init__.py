@@ -1,0 +1,9 @@
+"""omni_kernels: Triton attention kernels (and a CUDA paged KV-cache extension) for Qwen2.5-Omni.
+
+Every op runs its Triton kernel on CUDA tensors and a torch path on CPU tensors; see
+`omni_kernels.backend` for the switch that forces the Triton path under the interpreter.
+"""
+from .backend import use_backend
+from .tmrope_attention import tmrope_attention
+
+__all__ = ["use_backend", "tmrope_attention"]
