@@ -4,6 +4,7 @@ Every op runs its Triton kernel on CUDA tensors and a torch path on CPU tensors;
 `omni_kernels.backend` for the switch that forces the Triton path under the interpreter.
 """
 from .backend import use_backend
+from .dit_window_attention import dit_window_attention
 from .tmrope_attention import tmrope_attention
 
-__all__ = ["use_backend", "tmrope_attention"]
+__all__ = ["use_backend", "tmrope_attention", "dit_window_attention"]

@@ -19,34 +19,34 @@ def _reduce_angle(angle):
 
 
 @triton.jit
-def rope_tile(x, x_partner, pos_t, pos_h, pos_w, inv_freq_ptr, offs_d,
-              HEAD_DIM: tl.constexpr, SECTION_T: tl.constexpr, SECTION_H: tl.constexpr,
+def rope_tile(x, x_partner, pos_t, pos_h, pos_w, inv_freq_ptr, offs_d, head_dim, section_t, section_h,
               INTERLEAVED: tl.constexpr):
     """Rotate a (rows, BLOCK_D) fp32 tile. `x_partner[:, d]` is x at d's rotation partner
-    (d +- HEAD_DIM/2 for rotate-half, d ^ 1 for interleaved pairs). Frequency f uses position
-    axis t if f < SECTION_T, h if f < SECTION_T + SECTION_H, else w (TMRoPE); 1-D RoPE passes
-    SECTION_T = HEAD_DIM // 2."""
-    HALF: tl.constexpr = HEAD_DIM // 2
+    (see `partner_columns`). Frequency f uses position axis t if f < section_t, h if
+    f < section_t + section_h, else w (TMRoPE); 1-D RoPE passes section_t = head_dim // 2.
+    head_dim and the sections are runtime values: fewer compiled variants, same speed."""
+    half = head_dim // 2
     if INTERLEAVED:
         freq = offs_d // 2
         sign = tl.where(offs_d % 2 == 0, -1.0, 1.0)
     else:
-        freq = offs_d % HALF
-        sign = tl.where(offs_d < HALF, -1.0, 1.0)
-    inv_freq = tl.load(inv_freq_ptr + freq, mask=offs_d < HEAD_DIM, other=0.0)
-    use_t = (freq < SECTION_T)[None, :]
-    use_h = (freq < SECTION_T + SECTION_H)[None, :]
+        freq = offs_d % half
+        sign = tl.where(offs_d < half, -1.0, 1.0)
+    inv_freq = tl.load(inv_freq_ptr + freq, mask=offs_d < head_dim, other=0.0)
+    use_t = (freq < section_t)[None, :]
+    use_h = (freq < section_t + section_h)[None, :]
     pos = tl.where(use_t, pos_t[:, None], tl.where(use_h, pos_h[:, None], pos_w[:, None]))
     angle = _reduce_angle(pos * inv_freq[None, :])
     return x * tl.cos(angle) + sign[None, :] * x_partner * tl.sin(angle)
 
 
 @triton.jit
-def partner_columns(offs_d, HEAD_DIM: tl.constexpr, INTERLEAVED: tl.constexpr):
+def partner_columns(offs_d, head_dim, INTERLEAVED: tl.constexpr):
+    """Each column's rotation partner: d ^ 1 for interleaved pairs, d +- head_dim/2 for rotate-half."""
     if INTERLEAVED:
         return offs_d ^ 1
     else:
-        return (offs_d + HEAD_DIM // 2) % HEAD_DIM
+        return (offs_d + head_dim // 2) % head_dim
 
 
 @triton.jit

@@ -19,10 +19,8 @@ def tmrope_attention_kernel(
     Q, K, V, POS, INV_FREQ, CU_SEQLENS, OUT, K_ROT,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
     stride_on, stride_oh, stride_rn, stride_rh, stride_pos,
-    qk_scale,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    SECTION_T: tl.constexpr, SECTION_H: tl.constexpr,
-    BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    qk_scale, group, head_dim, section_t, section_h,
+    BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     block_m = tl.program_id(0)
     head = tl.program_id(1)
@@ -32,12 +30,12 @@ def tmrope_attention_kernel(
     q0 = block_m * BLOCK
     if q0 >= seqlen:
         return
-    kv_head = head // GROUP
+    kv_head = head // group
     offs_m = q0 + tl.arange(0, BLOCK)
     offs_n = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
-    partner = partner_columns(offs_d, HEAD_DIM, False)
+    d_mask = offs_d < head_dim
+    partner = partner_columns(offs_d, head_dim, False)
     q_rows = offs_m < seqlen
 
     q_base = Q + start * stride_qn + head * stride_qh
@@ -47,7 +45,7 @@ def tmrope_attention_kernel(
     pt = tl.load(pos_base + offs_m, mask=q_rows, other=0).to(tl.float32)
     ph = tl.load(pos_base + stride_pos + offs_m, mask=q_rows, other=0).to(tl.float32)
     pw = tl.load(pos_base + 2 * stride_pos + offs_m, mask=q_rows, other=0).to(tl.float32)
-    q = rope_tile(q, q_p, pt, ph, pw, INV_FREQ, offs_d, HEAD_DIM, SECTION_T, SECTION_H, False)
+    q = rope_tile(q, q_p, pt, ph, pw, INV_FREQ, offs_d, head_dim, section_t, section_h, False)
     q = q.to(Q.dtype.element_ty)
 
     k_base = K + start * stride_kn + kv_head * stride_kh
@@ -65,7 +63,7 @@ def tmrope_attention_kernel(
         kt = tl.load(pos_base + rows).to(tl.float32)
         kh = tl.load(pos_base + stride_pos + rows).to(tl.float32)
         kw = tl.load(pos_base + 2 * stride_pos + rows).to(tl.float32)
-        k = rope_tile(k, k_p, kt, kh, kw, INV_FREQ, offs_d, HEAD_DIM, SECTION_T, SECTION_H, False)
+        k = rope_tile(k, k_p, kt, kh, kw, INV_FREQ, offs_d, head_dim, section_t, section_h, False)
         v = load_tile(v_base, rows, stride_vn, offs_d, all_rows, d_mask)
         acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, k.to(Q.dtype.element_ty), v, qk_scale, all_rows[None, :],
                                     False, DOT_PRECISION)
@@ -78,9 +76,9 @@ def tmrope_attention_kernel(
     kt = tl.load(pos_base + rows, mask=k_rows, other=0).to(tl.float32)
     kh = tl.load(pos_base + stride_pos + rows, mask=k_rows, other=0).to(tl.float32)
     kw = tl.load(pos_base + 2 * stride_pos + rows, mask=k_rows, other=0).to(tl.float32)
-    k = rope_tile(k, k_p, kt, kh, kw, INV_FREQ, offs_d, HEAD_DIM, SECTION_T, SECTION_H, False)
+    k = rope_tile(k, k_p, kt, kh, kw, INV_FREQ, offs_d, head_dim, section_t, section_h, False)
     k = k.to(Q.dtype.element_ty)
-    if head % GROUP == 0:
+    if head % group == 0:
         r_ptrs = K_ROT + (start + rows)[:, None] * stride_rn + kv_head * stride_rh + offs_d[None, :]
         tl.store(r_ptrs, k, mask=k_rows[:, None] & d_mask[None, :])
     v = load_tile(v_base, rows, stride_vn, offs_d, k_rows, d_mask)
@@ -101,37 +99,47 @@ def pick_config(head_dim: int, dtype_name: str) -> dict:
     return {"BLOCK": 128, "num_warps": 8, "num_stages": 2}
 
 
-AOT_CONFIGS = [
-    {
-        "dtype": dtype, "HEAD_DIM": head_dim, "GROUP": group, "SECTION_T": sections[0], "SECTION_H": sections[1],
-        **pick_config(head_dim, dtype),
+def kernel_meta(dtype_name: str, head_dim: int) -> tuple[dict, dict]:
+    """(constexprs, launch options): the one place both `launch` and the AOT gate get them from.
+    GQA group, head_dim and mrope_section are runtime arguments, so the compiled variants are
+    exactly dtype x BLOCK_D."""
+    cfg = pick_config(head_dim, dtype_name)
+    constexprs = {"BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK": cfg["BLOCK"],
+                  "DOT_PRECISION": dot_precision(dtype_name)}
+    return constexprs, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+
+
+KERNEL = tmrope_attention_kernel
+# Head dims 80 and 128 share BLOCK_D = 128; the gate compiles each distinct variant once.
+AOT_CONFIGS = [{"dtype": dtype, "head_dim": head_dim} for dtype in ("fp16", "bf16", "fp32") for head_dim in (64, 80, 128)]
+
+
+def aot_spec(cfg: dict) -> dict:
+    t = "*" + cfg["dtype"]
+    constexprs, options = kernel_meta(cfg["dtype"], cfg["head_dim"])
+    return {
+        "pointers": {"Q": t, "K": t, "V": t, "POS": "*i64", "INV_FREQ": "*fp32", "CU_SEQLENS": "*i32",
+                     "OUT": t, "K_ROT": t},
+        "floats": ("qk_scale",),
+        "constexprs": constexprs,
+        "options": options,
     }
-    for dtype in ("fp16", "bf16", "fp32")
-    for head_dim, sections in ((64, (16, 8, 8)), (80, (8, 16, 16)), (128, (16, 24, 24)))
-    for group in (1, 7)
-]
 
 
 def launch(q, k, v, positions, inv_freq, cu_seqlens, max_seqlen, mrope_section, scale):
     """q (N, Hq, D), k/v (N, Hk, D), positions (3, N) -> (out (N, Hq, D), rotated k (N, Hk, D))."""
     n_tokens, n_heads, head_dim = q.shape
-    group = n_heads // k.shape[1]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_rot = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if n_tokens == 0:
         return out, k_rot
-    dtype_name = DTYPES[q.dtype]
-    cfg = pick_config(head_dim, dtype_name)
-    batch = cu_seqlens.numel() - 1
-    grid = (triton.cdiv(max_seqlen, cfg["BLOCK"]), n_heads, batch)
+    constexprs, options = kernel_meta(DTYPES[q.dtype], head_dim)
+    grid = (triton.cdiv(max_seqlen, constexprs["BLOCK"]), n_heads, cu_seqlens.numel() - 1)
     tmrope_attention_kernel[grid](
         q, k, v, positions, inv_freq, cu_seqlens, out, k_rot,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), k_rot.stride(0), k_rot.stride(1), positions.stride(0),
-        scale * LOG2E,
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-        SECTION_T=mrope_section[0], SECTION_H=mrope_section[1],
-        BLOCK=cfg["BLOCK"], DOT_PRECISION=dot_precision(dtype_name),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        scale * LOG2E, n_heads // k.shape[1], head_dim, mrope_section[0], mrope_section[1],
+        **constexprs, **options,
     )
     return out, k_rot
