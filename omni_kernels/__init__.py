@@ -5,6 +5,7 @@ Every op runs its Triton kernel on CUDA tensors and a torch path on CPU tensors;
 """
 from .backend import use_backend
 from .dit_window_attention import dit_window_attention
+from .rope_index import rope_index
 from .tmrope_attention import tmrope_attention
 
-__all__ = ["use_backend", "tmrope_attention", "dit_window_attention"]
+__all__ = ["use_backend", "rope_index", "tmrope_attention", "dit_window_attention"]
