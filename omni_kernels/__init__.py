@@ -4,8 +4,15 @@ Every op runs its Triton kernel on CUDA tensors and a torch path on CPU tensors;
 `omni_kernels.backend` for the switch that forces the Triton path under the interpreter.
 """
 from .backend import use_backend
+from .block_mask import (BlockSparseMask, audio_chunk_block_mask, chunked_prefill_block_mask, segment_block_mask,
+                         vision_full_block_mask, vision_window_block_mask, vision_window_index)
+from .block_sparse_attention import block_sparse_attention
 from .dit_window_attention import dit_window_attention
 from .rope_index import rope_index
 from .tmrope_attention import tmrope_attention
 
-__all__ = ["use_backend", "rope_index", "tmrope_attention", "dit_window_attention"]
+__all__ = [
+    "use_backend", "rope_index", "tmrope_attention", "block_sparse_attention", "dit_window_attention",
+    "BlockSparseMask", "segment_block_mask", "audio_chunk_block_mask", "chunked_prefill_block_mask",
+    "vision_window_block_mask", "vision_full_block_mask", "vision_window_index",
+]
