@@ -60,7 +60,8 @@ class NinjaBuildExt(build_ext):
             lines += [
                 f"nvccflags = -O3 -std=c++17 -Xcompiler -fPIC -Xcompiler -fvisibility=hidden {gencode} {includes}",
                 "rule nvcc",
-                f"  command = {nvcc} $nvccflags -c $in -o $out",
+                f"  command = {nvcc} $nvccflags --generate-dependencies-with-compile --dependency-output $out.d -c $in -o $out",
+                "  depfile = $out.d",
                 "rule link",
                 f"  command = {nvcc} -shared $in -o $out -lcudart",
             ]

@@ -20,3 +20,13 @@ def cuda_device_status() -> tuple[int, str]:
         return 0, f"CUDA extension not built or not importable: {_cuda_import_error}"
     count, reason = _cuda.device_status()
     return int(count), str(reason)
+
+
+def require_cuda_extension(op: str):
+    """The CUDA module, or a RuntimeError saying why an op that got CUDA tensors cannot run."""
+    if _cuda is None:
+        raise RuntimeError(
+            f"{op} got CUDA tensors but omni_kernels._cuda is not available ({_cuda_import_error or 'not built'}); "
+            "reinstall on a machine with nvcc on PATH: pip install -e . --no-build-isolation"
+        )
+    return _cuda

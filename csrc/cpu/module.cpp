@@ -1,6 +1,8 @@
 // omni_kernels._C: the C++ CPU twin of the CUDA extension.
-// Issue #3 adds the paged KV-cache ops here; for now it reports how it was built.
+// The paged KV-cache ops (issue #3) live in kv_cache_ops.cpp.
 #include <pybind11/pybind11.h>
+
+#include "kv_cache_ops.h"
 
 namespace py = pybind11;
 
@@ -14,4 +16,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
     return info;
   });
+  register_kv_cache_ops(m);
 }

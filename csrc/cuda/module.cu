@@ -1,8 +1,10 @@
 // omni_kernels._cuda: CUDA ops with raw device pointers and the stream passed as integers, so it
 // builds against the CUDA runtime alone (the CPU torch wheel cannot compile torch's CUDA headers).
-// Issue #3 adds the paged KV-cache kernels; for now it reports the device state cleanly.
+// The paged KV-cache kernels (issue #3) live in kv_cache_ops.cu.
 #include <cuda_runtime.h>
 #include <pybind11/pybind11.h>
+
+#include "kv_cache_ops.h"
 
 #include <string>
 
@@ -25,4 +27,5 @@ PYBIND11_MODULE(_cuda, m) {
   m.doc() = "omni_kernels CUDA extension";
   m.def("device_status", &device_status, "(count, reason) of the visible CUDA devices");
   m.attr("cuda_runtime_version") = CUDART_VERSION;
+  register_kv_cache_ops(m);
 }
