@@ -50,10 +50,11 @@ def _torch_path(q, k, v, positions, cu_seqlens, inv_freq, mrope_section, scale):
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
+        # 4-D inputs: SDPA's fast CPU kernels take (B, H, L, D); 3-D falls back to the math path.
         out[start:end] = torch.nn.functional.scaled_dot_product_attention(
-            q_rot[start:end].transpose(0, 1), k_rot[start:end].transpose(0, 1), v[start:end].transpose(0, 1),
-            is_causal=True, scale=scale, enable_gqa=True,
-        ).transpose(0, 1)
+            q_rot[None, start:end].transpose(1, 2), k_rot[None, start:end].transpose(1, 2),
+            v[None, start:end].transpose(1, 2), is_causal=True, scale=scale, enable_gqa=True,
+        )[0].transpose(0, 1)
     return out, k_rot
 
 
