@@ -4,7 +4,9 @@ sm_80 and sm_90 with no GPU present, and checks what a GPU would refuse or run s
     python -m omni_kernels.aot [KERNEL ...] [--json]
 
 Checks per configuration: it compiles to a cubin; shared memory fits the chip's per-block opt-in
-limit; on sm_90 the attention kernels use `wgmma` (Hopper tensor cores), not the sm_80 `mma` path.
+limit; on sm_90 the attention kernels use `wgmma` (Hopper tensor cores), not the sm_80 `mma` path
+(a config whose spec says `"wgmma": False`, like a merge kernel with no matmul, skips that check).
+A config may name a kernel other than the module's `KERNEL` with a `"kernel"` key.
 Must run without TRITON_INTERPRET (interpreted kernels cannot be compiled).
 """
 import argparse
@@ -15,7 +17,8 @@ import os
 import sys
 import time
 
-KERNELS = ("tmrope_attention", "block_sparse_attention", "dit_window_attention")
+KERNELS = ("tmrope_attention", "block_sparse_attention", "dit_window_attention", "paged_decode_attention",
+           "paged_prefill_attention")
 # cudaDevAttrMaxSharedMemoryPerBlockOptin: A100 163 KB, H100 227 KB.
 SHARED_LIMIT = {80: 166912, 90: 232448}
 
@@ -40,6 +43,14 @@ def signature(fn, spec: dict) -> dict:
     return sig
 
 
+def alignment_hints(fn, spec: dict) -> dict:
+    """16-divisibility of pointers and strides, as the JIT infers it on a GPU for aligned tensors:
+    without it the gate would compile variants with unpipelined, unvectorized loads that a GPU
+    never runs (and would under-report shared memory)."""
+    return {(i,): [["tt.divisibility", 16]] for i, param in enumerate(fn.params)
+            if not param.is_constexpr and (param.name in spec["pointers"] or param.name.startswith("stride"))}
+
+
 def compile_config(name: str, cfg: dict, arch: int) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -47,10 +58,10 @@ def compile_config(name: str, cfg: dict, arch: int) -> dict:
 
     module = kernel_module(name)
     spec = module.aot_spec(cfg)
-    fn = module.KERNEL
+    fn = getattr(module, cfg.get("kernel", "KERNEL"))
     start = time.perf_counter()
     compiled = triton.compile(
-        ASTSource(fn, signature(fn, spec), spec["constexprs"]),
+        ASTSource(fn, signature(fn, spec), spec["constexprs"], attrs=alignment_hints(fn, spec)),
         target=GPUTarget("cuda", arch, 32),
         options=dict(spec["options"]),
     )
@@ -61,7 +72,7 @@ def compile_config(name: str, cfg: dict, arch: int) -> dict:
         problems.append("no cubin")
     if shared > SHARED_LIMIT[arch]:
         problems.append(f"shared memory {shared} B > sm_{arch} limit {SHARED_LIMIT[arch]} B")
-    if arch == 90 and "wgmma" not in ptx:
+    if arch == 90 and spec.get("wgmma", True) and "wgmma" not in ptx:
         problems.append("no wgmma on sm_90")
     return {
         "kernel": name, "arch": f"sm_{arch}", "config": cfg, "shared_bytes": shared,
@@ -75,7 +86,7 @@ def distinct_configs(name: str) -> list[dict]:
     seen, configs = set(), []
     for cfg in module.AOT_CONFIGS:
         spec = module.aot_spec(cfg)
-        key = json.dumps([sorted(spec["pointers"].items()), sorted(spec["constexprs"].items()),
+        key = json.dumps([cfg.get("kernel", "KERNEL"), sorted(spec["pointers"].items()), sorted(spec["constexprs"].items()),
                           sorted(spec["options"].items())], default=str)
         if key not in seen:
             seen.add(key)
