@@ -76,7 +76,7 @@ def compile_config(name: str, cfg: dict, arch: int) -> dict:
         problems.append("no wgmma on sm_90")
     return {
         "kernel": name, "arch": f"sm_{arch}", "config": cfg, "shared_bytes": shared,
-        "wgmma": "wgmma" in ptx, "seconds": round(time.perf_counter() - start, 2), "problems": problems,
+        "wgmma": "wgmma" in ptx, "needs_wgmma": spec.get("wgmma", True), "seconds": round(time.perf_counter() - start, 2), "problems": problems,
     }
 
 
