@@ -5,19 +5,27 @@
 #
 # 1. prints the GPU (nvidia-smi) and the Python / torch / triton versions;
 # 2. installs the package (pip install --no-build-isolation --no-deps --no-index -e .; the machine
-#    has no network, and torch, triton, setuptools, pybind11 and ninja are preinstalled). If that
-#    fails, the tree is used through PYTHONPATH: the three attention ops are Triton kernels and do
-#    not need the compiled extension (omni_kernels._C / _cuda);
-# 3. runs tests/test_gpu_kernels.py with TRITON_INTERPRET=0 (tests/conftest.py defaults it to 1);
-# 4. runs the three benchmarks, which write benchmarks/results/<device-slug>/bench_*.json;
-# 5. copies the JSON files, the pytest JUnit XML and this log into $OUT (what the device tool
-#    brings back: at most 8 files, 2 folders deep) as $OUT/<device-slug>/bench_*.json.
+#    has no network, and torch, triton, setuptools, pybind11 and ninja are preinstalled), which
+#    builds omni_kernels._C (the C++ CPU twin) and omni_kernels._cuda (the paged KV-cache ops, with
+#    the machine's nvcc). If pip fails, `setup.py build_ext --inplace` builds the two modules into
+#    the tree, used through PYTHONPATH (`import omni_kernels` needs _C; the KV-cache ops need _cuda);
+# 3. runs tests/test_gpu_paged.py and tests/test_gpu_kernels.py with TRITON_INTERPRET=0
+#    (tests/conftest.py defaults it to 1), one pytest process each, their JUnit XMLs merged into one;
+# 4. runs the six benchmarks (paged KV-cache ops, paged decode, paged prefill, tmrope, block
+#    sparse, DiT window), which write benchmarks/results/<device-slug>/bench_*.json;
+# 5. copies the JSON files, the JUnit XML and this log into $OUT (what the device tool brings
+#    back: at most 8 files, 2 folders deep): $OUT/run_gpu.log, $OUT/test_gpu.xml and
+#    $OUT/<device-slug>/bench_*.json -- exactly 8 files; add no more.
 #
 # The whole run is budgeted to fit the device tool's 10-minute limit per command
 # (OMNI_BENCH_TOTAL_S, default 540 s): every step gets its share plus whatever earlier steps left,
-# and each benchmark stops starting new cases before its share runs out (results so far are kept).
+# and each benchmark stops starting new cases before its share runs out (results so far are kept;
+# skipped cases are listed in its JSON and output). Shares (s): install 55, test 150, kv_cache 35,
+# paged_decode 50, paged_prefill 35, tmrope 70, block_sparse 75, dit 70 = 540; a benchmark's case
+# budget is its timeout minus RESERVE (start-up, the last case's overrun, the table).
 # Environment knobs: PYTHON (default python3), OMNI_BENCH_TOTAL_S, OMNI_BENCH_SKIP_INSTALL=1,
-# OMNI_BENCH_QUICK=1 (fewer shapes), OMNI_BENCH_STEPS (default "install test tmrope block_sparse dit"),
+# OMNI_BENCH_QUICK=1 (fewer shapes), OMNI_BENCH_STEPS (default
+# "install test kv_cache paged_decode paged_prefill tmrope block_sparse dit"),
 # OMNI_BENCH_ALLOW_CPU=1 (dry run without a GPU: quick CPU sweeps, results under $TMPDIR only).
 set -uo pipefail
 
@@ -26,7 +34,7 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 START=$(date +%s)
 TOTAL=${OMNI_BENCH_TOTAL_S:-540}
-STEPS=${OMNI_BENCH_STEPS:-"install test tmrope block_sparse dit"}
+STEPS=${OMNI_BENCH_STEPS:-"install test kv_cache paged_decode paged_prefill tmrope block_sparse dit"}
 QUICK=${OMNI_BENCH_QUICK:+--quick}
 OUT_DIR=${OUT:-}
 if [ -n "$OUT_DIR" ]; then
@@ -42,7 +50,19 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Seconds each step is planned to take; a step may use what earlier steps left over.
-declare -A SHARE=([install]=80 [test]=130 [tmrope]=95 [block_sparse]=125 [dit]=110)
+declare -A SHARE=([install]=55 [test]=150 [kv_cache]=35 [paged_decode]=50 [paged_prefill]=35 [tmrope]=70
+                  [block_sparse]=75 [dit]=70)
+# Seconds of a benchmark's timeout not given to its cases: interpreter start-up and imports, the
+# last case started before the budget ran out (torch.compile'd peers make those long), the table.
+declare -A RESERVE=([kv_cache]=15 [paged_decode]=20 [paged_prefill]=20 [tmrope]=35 [block_sparse]=35 [dit]=35)
+declare -A MODULE=([kv_cache]=bench_kv_cache_ops [paged_decode]=bench_paged_decode_attention
+                   [paged_prefill]=bench_paged_prefill_attention [tmrope]=bench_tmrope_attention
+                   [block_sparse]=bench_block_sparse_attention [dit]=bench_dit_window_attention)
+
+# nvcc for the extension build: the CUDA image keeps it in /usr/local/cuda/bin.
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export PATH="/usr/local/cuda/bin:$PATH"
+fi
 
 later_shares() {  # sum of the shares of the steps after $1
     local seen=0 sum=0 s
@@ -107,28 +127,60 @@ for step in $STEPS; do
             STATUS[install]=skipped
         elif timeout -k 10 "$T" $PY -m pip install --no-build-isolation --no-deps --no-index -q -e . ; then
             STATUS[install]=ok
-            $PY -c "import omni_kernels, omni_kernels.extension as e; print('installed:', omni_kernels.__file__, '| CUDA extension:', e.cuda_extension_available(), e.cuda_device_status())" \
-                || echo "(the compiled extension does not import; the Triton ops do not need it)"
         else
-            STATUS[install]="failed (rc $?)"
-            echo "pip install failed: using the source tree through PYTHONPATH=$ROOT (the Triton attention ops need no compiled extension)"
+            rc=$?
+            echo "pip install failed (rc $rc): building the extension in place (setup.py build_ext --inplace)"
+            if timeout -k 10 "$(step_timeout install)" $PY setup.py -q build_ext --inplace; then
+                STATUS[install]="pip failed (rc $rc); built in place, used through PYTHONPATH=$ROOT"
+            else
+                STATUS[install]="FAILED (pip rc $rc, build_ext rc $?)"
+                echo "the extension did not build: import omni_kernels (which needs omni_kernels._C) will fail"
+            fi
+        fi
+        if [ "${STATUS[install]}" != skipped ]; then
+            $PY -c "import omni_kernels, omni_kernels.extension as e; print('omni_kernels:', omni_kernels.__file__, '| CUDA extension:', e.cuda_extension_available(), e.cuda_device_status())" \
+                || echo "omni_kernels does not import"
         fi
         ;;
     test)
-        banner "tests/test_gpu_kernels.py, TRITON_INTERPRET=0 (timeout ${T}s)"
-        JUNIT=()
-        if [ -n "$OUT_DIR" ]; then JUNIT=(--junitxml "$OUT_DIR/test_gpu_kernels.xml"); fi
-        timeout -k 10 "$T" $PY -m pytest tests/test_gpu_kernels.py -q -rfEs -p no:cacheprovider ${JUNIT[@]+"${JUNIT[@]}"}
-        rc=$?
-        STATUS[test]=$([ $rc = 0 ] && echo passed || echo "FAILED (rc $rc$([ $rc = 124 ] && echo ', timed out'))")
+        # One pytest process per file, so a CUDA error that poisons one process (an illegal
+        # address is sticky) cannot fail the other file's tests; the JUnit XMLs are merged into one.
+        banner "tests/test_gpu_paged.py, tests/test_gpu_kernels.py; TRITON_INTERPRET=0 (timeout ${T}s)"
+        TEST_START=$(date +%s)
+        XMLS=()
+        FAILED=""
+        for f in tests/test_gpu_paged.py tests/test_gpu_kernels.py; do
+            if [ "$f" = tests/test_gpu_paged.py ]; then
+                FT=$((T - 80)); if [ "$FT" -lt 60 ]; then FT=60; fi  # leave the second file >= 80 s
+            else
+                FT=$((T - ($(date +%s) - TEST_START))); if [ "$FT" -lt 30 ]; then FT=30; fi
+            fi
+            XML="$RUN_DIR/$(basename "$f" .py).xml"
+            echo "--- $f (timeout ${FT}s)"
+            timeout -k 10 "$FT" $PY -m pytest "$f" -q -rfEs -p no:cacheprovider --junitxml "$XML"
+            rc=$?
+            XMLS+=("$XML")
+            if [ $rc != 0 ]; then FAILED="$FAILED $(basename "$f") (rc $rc$([ $rc = 124 ] && echo ', timed out'))"; fi
+        done
+        STATUS[test]=$([ -z "$FAILED" ] && echo passed || echo "FAILED:$FAILED")
+        if [ -n "$OUT_DIR" ]; then
+            $PY - "$OUT_DIR/test_gpu.xml" "${XMLS[@]}" <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+root = ET.Element("testsuites")
+for path in sys.argv[2:]:
+    try:
+        top = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        continue  # a file killed by its timeout wrote no XML
+    root.extend([top] if top.tag == "testsuite" else list(top))
+ET.ElementTree(root).write(sys.argv[1], encoding="utf-8", xml_declaration=True)
+EOF
+        fi
         ;;
-    tmrope|block_sparse|dit)
-        case "$step" in
-        tmrope) mod=bench_tmrope_attention ;;
-        block_sparse) mod=bench_block_sparse_attention ;;
-        dit) mod=bench_dit_window_attention ;;
-        esac
-        BUDGET=$((T - 35)); if [ "$BUDGET" -lt 10 ]; then BUDGET=10; fi
+    kv_cache|paged_decode|paged_prefill|tmrope|block_sparse|dit)
+        mod=${MODULE[$step]}
+        BUDGET=$((T - ${RESERVE[$step]})); if [ "$BUDGET" -lt 10 ]; then BUDGET=10; fi
         banner "$mod (timeout ${T}s, case budget ${BUDGET}s)"
         timeout -k 10 "$T" $PY -m "benchmarks.$mod" --out "$RUN_DIR" --budget-s "$BUDGET" $QUICK
         rc=$?
