@@ -30,6 +30,8 @@ def values_checkable(device: torch.device) -> bool:
     """True when the wrapper may read tensor contents to validate them (see module doc)."""
     if torch.compiler.is_compiling():
         return False
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return False  # a host read would break CUDA-graph capture
     return device.type == "cpu" or debug_enabled()
 
 

@@ -54,9 +54,10 @@ def _torch_path(q, key_cache, value_cache, block_tables, seq_lens, scale):
     for b, length in enumerate(seq_lens.tolist()):
         k = gather_kv(key_cache, block_tables[b], length).transpose(0, 1)  # (Hk, L, D)
         v = gather_kv(value_cache, block_tables[b], length).transpose(0, 1)
+        # 4-D inputs: SDPA's fast CPU kernels take (B, H, L, D); 3-D falls back to the math path.
         out[b] = torch.nn.functional.scaled_dot_product_attention(
-            q[b][:, None, :], k, v, scale=scale, enable_gqa=True,
-        )[:, 0]
+            q[b][None, :, None, :], k[None], v[None], scale=scale, enable_gqa=True,
+        )[0, :, 0]
     return out
 
 

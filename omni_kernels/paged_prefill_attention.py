@@ -71,9 +71,11 @@ def _torch_path(q, positions, key_cache, value_cache, block_tables, cu_seqlens_q
         context = length - (end - start)
         rows = torch.arange(context, length, device=q.device)
         visible = torch.arange(length, device=q.device)[None, :] <= rows[:, None]
+        # 4-D inputs: SDPA's fast CPU kernels take (B, H, L, D); 3-D falls back to the math path.
         out[start:end] = torch.nn.functional.scaled_dot_product_attention(
-            q_rot[start:end].transpose(0, 1), k, v, attn_mask=visible, scale=scale, enable_gqa=True,
-        ).transpose(0, 1)
+            q_rot[None, start:end].transpose(1, 2), k[None], v[None], attn_mask=visible, scale=scale,
+            enable_gqa=True,
+        )[0].transpose(0, 1)
     return out
 
 
