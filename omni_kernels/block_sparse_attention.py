@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from . import backend
-from .block_mask import BlockSparseMask, dense_mask
+from .block_mask import _FULL, BlockSparseMask, block_table, element_mask
 from .checks import FLOAT_DTYPES, check_finite_positive, check_last_dim_contiguous, check_tensor
 
 HEAD_DIMS = (64, 80, 128)
@@ -46,13 +46,43 @@ def _(q, k, v, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, q
 
 def _torch_path(q, k, v, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, q_segment_ids,
                 kv_segment_ids, block_size, causal, scale):
-    """SDPA with the dense element mask; rows with no allowed key get 0 (SDPA alone gives NaN)."""
-    allowed = dense_mask(kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, block_size,
-                         (q.shape[2], k.shape[2]), causal, q_segment_ids, kv_segment_ids)
-    seen = allowed.any(-1, keepdim=True)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed | ~seen, scale=scale, enable_gqa=True)
-    return out.masked_fill(~seen, 0.0).contiguous()
+    """Per q block, SDPA over only the kv blocks it visits, with the exact element mask: cost
+    O(visited blocks), like the kernel, instead of an Lq x Lk dense mask (window attention over a
+    large image has ~2% density). Rows that see no key get 0 (SDPA alone gives NaN)."""
+    q_block, kv_block = block_size
+    batch, n_heads, q_len, _ = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    group = n_heads // kv_heads
+    table = block_table(kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices,
+                        -(-kv_len // kv_block)).cpu()  # one host copy: the loop below reads it
+    offsets = torch.arange(kv_block)
+    out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    for b in range(batch):
+        tb = table[b if table.shape[0] > 1 else 0]
+        seg_b = slice(b, b + 1) if q_segment_ids is not None and q_segment_ids.shape[0] > 1 else slice(0, 1)
+        q_seg = q_segment_ids[seg_b] if q_segment_ids is not None else None
+        kv_seg = kv_segment_ids[seg_b] if kv_segment_ids is not None else None
+        for hm in range(tb.shape[0]):
+            # A mask with H = 1 serves every head at once; per-head masks take one head at a time.
+            heads = slice(None) if tb.shape[0] == 1 else slice(hm, hm + 1)
+            kv_sel = slice(None) if tb.shape[0] == 1 else slice(hm // group, hm // group + 1)
+            for m in range(tb.shape[1]):
+                visited = tb[hm, m].nonzero().flatten()
+                if visited.numel() == 0:
+                    continue
+                cols = (visited[:, None] * kv_block + offsets).flatten()
+                cols = cols[cols < kv_len]
+                rows = torch.arange(m * q_block, min((m + 1) * q_block, q_len))
+                full = tb[hm, m][cols // kv_block] == _FULL
+                cols_d, rows_d = cols.to(q.device), rows.to(q.device)
+                elem = element_mask(rows_d, cols_d, (q_len, kv_len), causal, q_seg, kv_seg)[0, 0]
+                allowed = full.to(q.device)[None, :] | elem
+                seen = allowed.any(-1, keepdim=True)
+                res = torch.nn.functional.scaled_dot_product_attention(
+                    q[b:b + 1, heads, rows_d], k[b:b + 1, kv_sel, cols_d], v[b:b + 1, kv_sel, cols_d],
+                    attn_mask=allowed | ~seen, scale=scale, enable_gqa=True)
+                out[b, heads, rows_d] = res[0].masked_fill(~seen, 0.0)
+    return out
 
 
 def block_sparse_attention(q, k, v, block_mask: BlockSparseMask, *, scale: float | None = None) -> torch.Tensor:
