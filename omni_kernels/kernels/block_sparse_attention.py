@@ -24,14 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import LOG2E, attend_tile, dot_precision, finish_rows, load_tile
+from .core import DTYPES, LOG2E, MAX_GRID_YZ, attend_tile, dot_precision, finish_rows, load_tile
 
-DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 BLOCK_SIZES = (16, 32, 64, 128)  # mask block sizes the kernel can run (tiles divide them)
 GPU_BLOCK_SIZES = (64, 128)  # ... and on a GPU, where only the AOT_CONFIGS tiles are launched
 _TILE_CAP = 64
-# CUDA limits grid dims 1 and 2 to 65535: larger batches are launched in slices.
-_MAX_GRID_YZ = 65535
 
 
 @triton.jit
@@ -186,8 +183,8 @@ def launch(q, k, v, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indic
         q_segment_ids = kv_segment_ids = torch.zeros(1, 1, dtype=torch.int32, device=q.device)
     else:
         q_segment_ids, kv_segment_ids = q_segment_ids.contiguous(), kv_segment_ids.contiguous()
-    for b0 in range(0, batch, _MAX_GRID_YZ):
-        n = min(_MAX_GRID_YZ, batch - b0)
+    for b0 in range(0, batch, MAX_GRID_YZ):
+        n = min(MAX_GRID_YZ, batch - b0)
         qs, ks, vs, os_ = (t[b0:b0 + n] for t in (q, k, v, out))
         num, idx, fnum, fidx, qseg, kseg = (_batch_slice(t, b0, n) for t in (
             kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, q_segment_ids, kv_segment_ids))

@@ -4,10 +4,15 @@
 and accumulator `acc`, scores kept in the log2 domain (scale pre-multiplied by log2(e)) so the
 exponentials are `exp2`. The kernels differ only in which KV tiles they visit and how they mask.
 """
+import torch
 import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
+# The dtype names used in kernel configs and AOT signatures.
+DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# CUDA limits grid dims 1 and 2 to 65535: launchers slice larger batches.
+MAX_GRID_YZ = 65535
 
 
 @triton.jit

@@ -12,12 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import LOG2E, attend_tile, dot_precision, finish_rows, load_tile, partner_columns, rope_tile
-
-DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-# CUDA limits grid dims 1 and 2 to 65535: larger batches are launched in slices.
-_MAX_GRID_YZ = 65535
+from .core import (DTYPES, LOG2E, MAX_GRID_YZ, attend_tile, dot_precision, finish_rows, load_tile,
+                   partner_columns, rope_tile)
 
 
 @triton.jit
@@ -138,8 +134,8 @@ def launch(q, k, v, inv_freq, block_size: int, back: int, ahead: int, scale: flo
     block_size = min(int(block_size), seqlen)
     n_blocks = triton.cdiv(seqlen, block_size)
     back, ahead = min(int(back), n_blocks), min(int(ahead), n_blocks)
-    for b0 in range(0, batch, _MAX_GRID_YZ):
-        qs, ks, vs, os_ = (t[b0:b0 + _MAX_GRID_YZ] for t in (q, k, v, out))
+    for b0 in range(0, batch, MAX_GRID_YZ):
+        qs, ks, vs, os_ = (t[b0:b0 + MAX_GRID_YZ] for t in (q, k, v, out))
         grid = (triton.cdiv(seqlen, constexprs["BLOCK_M"]), n_heads, qs.shape[0])
         dit_window_attention_kernel[grid](
             qs, ks, vs, inv_freq, os_,

@@ -20,10 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import LOG2E, attend_tile, dot_precision, finish_rows, load_tile
+from .core import DTYPES, LOG2E, attend_tile, dot_precision, finish_rows, load_tile
 from .paged_attention import cache_slots
 
-DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 BLOCK_M = 64  # query-head rows per program (see module doc: the wgmma minimum)
 MAX_SPLITS = 64

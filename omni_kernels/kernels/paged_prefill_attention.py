@@ -20,13 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import LOG2E, attend_tile, dot_precision, finish_rows, load_tile, partner_columns, rope_tile
+from .core import (DTYPES, LOG2E, MAX_GRID_YZ, attend_tile, dot_precision, finish_rows, load_tile,
+                   partner_columns, rope_tile)
 from .paged_attention import cache_slots
-
-DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-# CUDA limits grid dims 1 and 2 to 65535: larger batches are launched in slices.
-_MAX_GRID_YZ = 65535
 
 
 @triton.jit
@@ -161,8 +157,8 @@ def launch(q, positions, key_cache, value_cache, block_tables, cu_seqlens_q, seq
     constexprs, options = kernel_meta(DTYPES[q.dtype], head_dim, config)
     heads_per_prog, head_blocks, tile_tokens = head_packing(group, constexprs["BLOCK_M"])
     batch = seq_lens.shape[0]
-    for b0 in range(0, batch, _MAX_GRID_YZ):
-        b1 = min(b0 + _MAX_GRID_YZ, batch)
+    for b0 in range(0, batch, MAX_GRID_YZ):
+        b1 = min(b0 + MAX_GRID_YZ, batch)
         tables, cu, lens = block_tables[b0:b1], cu_seqlens_q[b0:b1 + 1], seq_lens[b0:b1]
         grid = (triton.cdiv(max_seqlen_q, tile_tokens), n_kv_heads * head_blocks, b1 - b0)
         paged_prefill_attention_kernel[grid](

@@ -9,9 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import attend_tile, finish_rows, load_tile, partner_columns, rope_tile, LOG2E, dot_precision
-
-DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+from .core import (DTYPES, LOG2E, attend_tile, dot_precision, finish_rows, load_tile, partner_columns,
+                   rope_tile)
 
 
 @triton.jit
