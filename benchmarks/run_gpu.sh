@@ -11,21 +11,24 @@
 #    the tree, used through PYTHONPATH (`import omni_kernels` needs _C; the KV-cache ops need _cuda);
 # 3. runs tests/test_gpu_paged.py and tests/test_gpu_kernels.py with TRITON_INTERPRET=0
 #    (tests/conftest.py defaults it to 1), one pytest process each, their JUnit XMLs merged into one;
-# 4. runs the six benchmarks (paged KV-cache ops, paged decode, paged prefill, tmrope, block
-#    sparse, DiT window), which write benchmarks/results/<device-slug>/bench_*.json;
-# 5. copies the JSON files, the JUnit XML and this log into $OUT (what the device tool brings
-#    back: at most 8 files, 2 folders deep): $OUT/run_gpu.log, $OUT/test_gpu.xml and
-#    $OUT/<device-slug>/bench_*.json -- exactly 8 files; add no more.
+# 4. runs the six kernel benchmarks (paged KV-cache ops, paged decode, paged prefill, tmrope, block
+#    sparse, DiT window) and the Thinker end to end vs transformers (bench_thinker: bf16 and fp32),
+#    which write benchmarks/results/<device-slug>/bench_*.json;
+# 5. copies the JSON files and this log into $OUT (what the device tool brings back: at most 8
+#    files, 2 folders deep): $OUT/run_gpu.log and $OUT/<device-slug>/bench_*.json -- exactly 8
+#    files; add no more. The tests' merged JUnit XML is appended to the end of run_gpu.log (between
+#    "=== test_gpu.xml" and "=== end of test_gpu.xml" lines) rather than sent as a 9th file.
 #
 # The whole run is budgeted to fit the device tool's 10-minute limit per command
 # (OMNI_BENCH_TOTAL_S, default 540 s): every step gets its share plus whatever earlier steps left,
 # and each benchmark stops starting new cases before its share runs out (results so far are kept;
-# skipped cases are listed in its JSON and output). Shares (s): install 55, test 150, kv_cache 35,
-# paged_decode 50, paged_prefill 35, tmrope 70, block_sparse 75, dit 70 = 540; a benchmark's case
-# budget is its timeout minus RESERVE (start-up, the last case's overrun, the table).
+# skipped cases are listed in its JSON and output). Shares (s): install 55, test 145, kv_cache 30,
+# paged_decode 45, paged_prefill 30, tmrope 60, block_sparse 65, dit 60, thinker 50 = 540; a
+# benchmark's case budget is its timeout minus RESERVE (start-up, the last case's overrun, the table).
+# thinker runs last, so whatever the earlier steps leave unused goes to it.
 # Environment knobs: PYTHON (default python3), OMNI_BENCH_TOTAL_S, OMNI_BENCH_SKIP_INSTALL=1,
 # OMNI_BENCH_QUICK=1 (fewer shapes), OMNI_BENCH_STEPS (default
-# "install test kv_cache paged_decode paged_prefill tmrope block_sparse dit"),
+# "install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker"),
 # OMNI_BENCH_ALLOW_CPU=1 (dry run without a GPU: quick CPU sweeps, results under $TMPDIR only).
 set -uo pipefail
 
@@ -34,7 +37,7 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 START=$(date +%s)
 TOTAL=${OMNI_BENCH_TOTAL_S:-540}
-STEPS=${OMNI_BENCH_STEPS:-"install test kv_cache paged_decode paged_prefill tmrope block_sparse dit"}
+STEPS=${OMNI_BENCH_STEPS:-"install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker"}
 QUICK=${OMNI_BENCH_QUICK:+--quick}
 OUT_DIR=${OUT:-}
 if [ -n "$OUT_DIR" ]; then
@@ -43,6 +46,9 @@ if [ -n "$OUT_DIR" ]; then
 else
     LOG="${TMPDIR:-/tmp}/omni_kernels_run_gpu.log"
 fi
+# The tests' merged JUnit XML: written by the test step, appended to the log file at the very end
+# (after the summary, so the terminal's last lines stay the summary).
+XML_MERGED=$(mktemp "${TMPDIR:-/tmp}/omni_test_gpu.XXXXXX.xml")
 
 main() {
 export TRITON_INTERPRET=0
@@ -50,14 +56,18 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Seconds each step is planned to take; a step may use what earlier steps left over.
-declare -A SHARE=([install]=55 [test]=150 [kv_cache]=35 [paged_decode]=50 [paged_prefill]=35 [tmrope]=70
-                  [block_sparse]=75 [dit]=70)
+declare -A SHARE=([install]=55 [test]=145 [kv_cache]=30 [paged_decode]=45 [paged_prefill]=30 [tmrope]=60
+                  [block_sparse]=65 [dit]=60 [thinker]=50)
 # Seconds of a benchmark's timeout not given to its cases: interpreter start-up and imports, the
 # last case started before the budget ran out (torch.compile'd peers make those long), the table.
-declare -A RESERVE=([kv_cache]=15 [paged_decode]=20 [paged_prefill]=20 [tmrope]=35 [block_sparse]=35 [dit]=35)
+# thinker: importing transformers and writing the tiny checkpoint count inside its case budget; the
+# reserve covers the last case started (a few seconds) and the table.
+declare -A RESERVE=([kv_cache]=15 [paged_decode]=20 [paged_prefill]=20 [tmrope]=35 [block_sparse]=35 [dit]=35
+                    [thinker]=15)
 declare -A MODULE=([kv_cache]=bench_kv_cache_ops [paged_decode]=bench_paged_decode_attention
                    [paged_prefill]=bench_paged_prefill_attention [tmrope]=bench_tmrope_attention
-                   [block_sparse]=bench_block_sparse_attention [dit]=bench_dit_window_attention)
+                   [block_sparse]=bench_block_sparse_attention [dit]=bench_dit_window_attention
+                   [thinker]=bench_thinker)
 
 # nvcc for the extension build: the CUDA image keeps it in /usr/local/cuda/bin.
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
@@ -164,7 +174,8 @@ for step in $STEPS; do
         done
         STATUS[test]=$([ -z "$FAILED" ] && echo passed || echo "FAILED:$FAILED")
         if [ -n "$OUT_DIR" ]; then
-            $PY - "$OUT_DIR/test_gpu.xml" "${XMLS[@]}" <<'EOF'
+            # Appended to the log file after the run (the 8-file limit), not printed.
+            $PY - "$XML_MERGED" "${XMLS[@]}" <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
 root = ET.Element("testsuites")
@@ -178,8 +189,16 @@ ET.ElementTree(root).write(sys.argv[1], encoding="utf-8", xml_declaration=True)
 EOF
         fi
         ;;
-    kv_cache|paged_decode|paged_prefill|tmrope|block_sparse|dit)
+    kv_cache|paged_decode|paged_prefill|tmrope|block_sparse|dit|thinker)
         mod=${MODULE[$step]}
+        if [ "$step" = thinker ] && ! $PY -c "import omni_runtime" >/dev/null 2>&1; then
+            # Not pip-installed (install skipped or fell back to build_ext --inplace): the package
+            # directory is runtime/, imported as omni_runtime -- put a link by that name on the path.
+            SHIM=$(mktemp -d "${TMPDIR:-/tmp}/omni_runtime_shim.XXXXXX")
+            ln -s "$ROOT/runtime" "$SHIM/omni_runtime"
+            export PYTHONPATH="$SHIM:$PYTHONPATH"
+            echo "omni_runtime is not installed: importing it from $ROOT/runtime through $SHIM"
+        fi
         BUDGET=$((T - ${RESERVE[$step]})); if [ "$BUDGET" -lt 10 ]; then BUDGET=10; fi
         banner "$mod (timeout ${T}s, case budget ${BUDGET}s)"
         timeout -k 10 "$T" $PY -m "benchmarks.$mod" --out "$RUN_DIR" --budget-s "$BUDGET" $QUICK
@@ -215,9 +234,22 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("bench_*.json")):
         status = "not measured" if t["met"] is None else ("MET" if t["met"] else "NOT MET")
         value = "-" if t["measured"] is None else f"{t['measured']:.3f}"
         print(f"  {t['target']}: {value} ({t['op']} {t['threshold']}) {status}")
+    if data.get("benchmark") == "thinker":  # no targets: the measured ratios, ours vs transformers
+        for c in cases:
+            if "results" in c:
+                sp = "-" if c.get("speedup") is None else f"{c['speedup']:.2f}x"
+                ids = c.get("ids", {}).get("identical")
+                print(f"  {c['case']} {c.get('dtype')}: speedup {sp}" + ("" if ids is None else f", ids identical: {ids}"))
 EOF
 echo "total $(($(date +%s) - START)) s"
 }
 
 # Everything goes to the terminal and to the log; the pipe ends only when both are done.
 main 2>&1 | tee -a "$LOG"
+rc=$?
+if [ -s "$XML_MERGED" ]; then
+    { echo; echo "=== test_gpu.xml (JUnit; tests/test_gpu_paged.py and tests/test_gpu_kernels.py merged) ==="
+      cat "$XML_MERGED"; echo; echo "=== end of test_gpu.xml ==="; } >> "$LOG"
+fi
+rm -f "$XML_MERGED"
+exit $rc
