@@ -1,10 +1,13 @@
 """Qwen2.5-Omni audio encoder (Whisper-large-v3-like), equal to transformers'
 `Qwen2_5OmniAudioEncoder`, with attention through `omni_kernels.block_sparse_attention`.
 
-    enc = AudioEncoder(AudioEncoderConfig.from_dict(config["thinker_config"]["audio_config"]))
-    enc.load_state_dict({k[len("thinker.audio_tower."):]: v for k, v in ckpt.items()
-                         if k.startswith("thinker.audio_tower.")})
+    enc = AudioEncoder.from_state_dict(omni_config.thinker_config.audio_config,
+                                       {k: v for k, v in tensors.items() if k.startswith("thinker.audio_tower.")})
     tokens, counts = enc([mel_a, mel_b])        # mels (128, L_i) -> (sum counts, output_dim)
+
+The config is `omni_runtime.config.AudioEncoderConfig` (config.json's `thinker_config.audio_config`,
+one source of truth for every component); the constructor validates it and rejects an
+`activation_function` this module does not implement.
 
 Submodule and parameter names are transformers' (conv1, conv2, layers.N.self_attn.{q,k,v,out}_proj,
 layers.N.{self_attn_layer_norm, fc1, fc2, final_layer_norm}, ln_post, proj, audio_bos_eos_token;
@@ -32,8 +35,8 @@ unpaired token across chunks if needed) and gives the same tokens as encoding th
 """
 from __future__ import annotations
 
-import dataclasses
 import math
+from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -43,7 +46,9 @@ from omni_kernels import audio_chunk_block_mask, block_sparse_attention
 from omni_kernels.block_mask import audio_chunk_lengths
 from omni_kernels.block_sparse_attention import HEAD_DIMS
 
-__all__ = ["AudioEncoderConfig", "AudioEncoder", "AudioEncoderStream", "feat_extract_output_lengths"]
+from .config import AudioEncoderConfig
+
+__all__ = ["AudioEncoder", "AudioEncoderStream", "feat_extract_output_lengths"]
 
 
 def feat_extract_output_lengths(input_lengths):
@@ -51,65 +56,6 @@ def feat_extract_output_lengths(input_lengths):
     encoder's / processor's `_get_feat_extract_output_lengths`."""
     after_cnn = (input_lengths - 1) // 2 + 1
     return after_cnn, (after_cnn - 2) // 2 + 1
-
-
-@dataclasses.dataclass
-class AudioEncoderConfig:
-    """The `audio_config` of a Qwen2.5-Omni config.json (defaults = transformers 5.24's
-    Qwen2_5OmniAudioEncoderConfig = the 7B and 3B models)."""
-
-    num_mel_bins: int = 128
-    encoder_layers: int = 32
-    encoder_attention_heads: int = 20
-    encoder_ffn_dim: int = 5120
-    d_model: int = 1280
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    activation_function: str = "gelu"
-    activation_dropout: float = 0.0
-    scale_embedding: bool = False  # read but unused, as in transformers' forward
-    initializer_range: float = 0.02
-    max_source_positions: int = 1500
-    n_window: int = 100
-    output_dim: int = 3584
-
-    def __post_init__(self):
-        for name in ("num_mel_bins", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "d_model",
-                     "max_source_positions", "n_window", "output_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"audio_config.{name} must be a positive int, got {value!r}")
-        if self.d_model % self.encoder_attention_heads:
-            raise ValueError(f"audio_config.d_model ({self.d_model}) must be divisible by encoder_attention_heads "
-                             f"({self.encoder_attention_heads})")
-        if self.d_model % 2:
-            raise ValueError(f"audio_config.d_model must be even (sinusoidal positions), got {self.d_model}")
-        if self.n_window > self.max_source_positions:
-            raise ValueError(f"audio_config.n_window ({self.n_window}) tokens per chunk exceed max_source_positions "
-                             f"({self.max_source_positions})")
-        if self.activation_function not in _ACTIVATIONS:
-            raise ValueError(f"audio_config.activation_function {self.activation_function!r} is not supported "
-                             f"({', '.join(_ACTIVATIONS)})")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.encoder_attention_heads
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AudioEncoderConfig":
-        """From config.json's `thinker_config.audio_config` (unknown keys such as model_type,
-        torch_dtype or transformers' attribute_map aliases are ignored; aliases only fill a field
-        that is absent)."""
-        if not isinstance(d, dict):
-            raise ValueError(f"audio_config must be a dict, got {type(d).__name__}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in fields}
-        aliases = {"num_hidden_layers": "encoder_layers", "hidden_size": "d_model",
-                   "num_attention_heads": "encoder_attention_heads", "intermediate_size": "encoder_ffn_dim"}
-        for alias, name in aliases.items():
-            if alias in d and name not in kwargs:
-                kwargs[name] = d[alias]
-        return cls(**kwargs)
 
 
 def _quick_gelu(x):
@@ -202,6 +148,12 @@ class AudioEncoder(nn.Module):
     def __init__(self, config: AudioEncoderConfig | None = None):
         super().__init__()
         config = config if config is not None else AudioEncoderConfig()
+        if not isinstance(config, AudioEncoderConfig):
+            raise ValueError(f"config must be an omni_runtime.config.AudioEncoderConfig, got {type(config).__name__}")
+        config.validate("audio_config")
+        if config.activation_function not in _ACTIVATIONS:
+            raise ValueError(f"audio_config.activation_function {config.activation_function!r} is not supported "
+                             f"({', '.join(_ACTIVATIONS)})")
         self.config = config
         embed_dim = config.d_model
         self.num_mel_bins = config.num_mel_bins
@@ -214,6 +166,21 @@ class AudioEncoder(nn.Module):
         self.ln_post = nn.LayerNorm(embed_dim)
         self.avg_pooler = nn.AvgPool1d(2, stride=2)  # no parameters; pooling is done with indices
         self.proj = nn.Linear(embed_dim, config.output_dim)
+
+    @classmethod
+    def from_state_dict(cls, config: AudioEncoderConfig, tensors: Mapping[str, torch.Tensor],
+                        prefix: str = "thinker.audio_tower.") -> "AudioEncoder":
+        """Build around the given tensors (names with or without `prefix`), adopting them as they
+        are (built on the meta device: the weights are never held twice). The sinusoidal position
+        table is computed on the weights' device. Missing / unexpected / mis-shaped tensors raise
+        ValueError listing them."""
+        own = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+        with torch.device("meta"):
+            model = cls(config)
+        _adopt(model, own, "audio encoder")
+        device = model.conv1.weight.device
+        model.positional_embedding.positional_embedding = model.positional_embedding.compute().to(device)
+        return model.eval().requires_grad_(False)
 
     @property
     def chunk_frames(self) -> int:
@@ -345,6 +312,21 @@ class AudioEncoder(nn.Module):
 
     def stream(self) -> "AudioEncoderStream":
         return AudioEncoderStream(self)
+
+
+def _adopt(model: nn.Module, tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """load_state_dict(strict, assign) with one error listing every missing / unexpected /
+    mis-shaped tensor."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    wrong = sorted(f"{k}: {tuple(tensors[k].shape)} != expected {expected[k]}" for k in set(tensors) & set(expected)
+                   if tuple(tensors[k].shape) != expected[k])
+    if missing or extra or wrong:
+        parts = [f"{name} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys]
+        raise ValueError(f"{what} weights do not match the config:\n  " + "\n  ".join(parts))
+    model.load_state_dict(dict(tensors), strict=True, assign=True)
 
 
 class AudioEncoderStream:

@@ -364,6 +364,15 @@ class AudioEncoderConfig(_Section):
     output_dim: int = 3584
     extra: dict = field(default_factory=dict)
 
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.encoder_attention_heads
+
+    @property
+    def chunk_frames(self) -> int:
+        """Mel frames per attention chunk (2 * n_window = 200 = 2 s for the published models)."""
+        return 2 * self.n_window
+
     def validate(self, path="config"):
         _positive(self, path, "num_mel_bins", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
                   "d_model", "max_source_positions", "n_window", "output_dim")
@@ -371,6 +380,14 @@ class AudioEncoderConfig(_Section):
             raise ValueError(
                 f"{path}.d_model ({self.d_model}) must be divisible by "
                 f"{path}.encoder_attention_heads ({self.encoder_attention_heads})"
+            )
+        if self.d_model % 2:
+            raise ValueError(f"{path}.d_model ({self.d_model}) must be even (sinusoidal positions)")
+        if self.n_window > self.max_source_positions:
+            # a chunk of 2 * n_window frames gives n_window tokens, each needing a position row
+            raise ValueError(
+                f"{path}.n_window ({self.n_window}) tokens per chunk exceed "
+                f"{path}.max_source_positions ({self.max_source_positions})"
             )
 
 
@@ -415,6 +432,15 @@ class VisionEncoderConfig(_Section):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def rope_theta(self) -> float:
+        return self.rope_parameters.rope_theta
+
+    @property
+    def patch_dim(self) -> int:
+        """Length of one pixel_values row: in_channels * temporal_patch_size * patch_size**2."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+
     def validate(self, path="config"):
         _positive(self, path, "depth", "hidden_size", "intermediate_size", "num_heads", "in_channels",
                   "patch_size", "spatial_merge_size", "temporal_patch_size", "window_size", "out_hidden_size")
@@ -422,6 +448,13 @@ class VisionEncoderConfig(_Section):
             raise ValueError(
                 f"{path}.hidden_size ({self.hidden_size}) must be divisible by {path}.num_heads ({self.num_heads})"
             )
+        if self.window_size < self.patch_size * self.spatial_merge_size:
+            raise ValueError(
+                f"{path}.window_size ({self.window_size}) must be at least patch_size * spatial_merge_size "
+                f"({self.patch_size * self.spatial_merge_size})"
+            )
+        if self.rope_parameters.rope_theta <= 0:
+            raise ValueError(f"{path}.rope_parameters.rope_theta must be > 0, got {self.rope_parameters.rope_theta}")
         if self.head_dim % 4:
             raise ValueError(f"{path}: head_dim {self.head_dim} must be a multiple of 4 (2-D rotary over h and w)")
         bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.depth]

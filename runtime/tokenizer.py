@@ -188,7 +188,10 @@ class StreamDecoder:
     def push(self, ids: Union[int, Iterable[int]]) -> str:
         if isinstance(ids, int) or hasattr(ids, "item") and getattr(ids, "ndim", 1) == 0:
             ids = [ids]
-        self._ids.extend(self._tokenizer.check_ids(ids))
+        # Ids the tokenizer has no token for (embedding rows above its vocabulary: the 7B has
+        # 152064 rows for 151665 tokens; a model can sample them) decode to no text, as
+        # `tokenizers` / transformers' decode skip them; only non-ints and negatives are errors.
+        self._ids.extend(self._tokenizer.check_ids(ids, vocab_size=1 << 62))
         prefix_text = self._decode(self._ids[self._prefix : self._read])
         new_text = self._decode(self._ids[self._prefix :])
         # U+FFFD at the end means the last character's bytes are not all here yet.

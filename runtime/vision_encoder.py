@@ -1,9 +1,12 @@
 """The Qwen2.5-Omni vision encoder (Qwen2.5-VL ViT), equal to transformers' Qwen2_5OmniVisionEncoder.
 
-    encoder = VisionEncoder(VisionEncoderConfig.from_dict(config["thinker_config"]["vision_config"]))
-    encoder.load_state_dict({k[len("thinker.visual."):]: v for k, v in ckpt.items()
-                             if k.startswith("thinker.visual.")})
+    encoder = VisionEncoder.from_state_dict(omni_config.thinker_config.vision_config,
+                                            {k: v for k, v in tensors.items() if k.startswith("thinker.visual.")})
     embeddings = encoder(pixel_values, grid_thw)        # (sum(t*h*w) / merge**2, out_hidden_size)
+
+The config is `omni_runtime.config.VisionEncoderConfig` (config.json's `thinker_config.vision_config`);
+the constructor validates it and rejects what this module cannot run (an unknown `hidden_act`, a
+head_dim the block-sparse kernel lacks).
 
 Submodule names equal transformers' (patch_embed.proj, blocks.N.{norm1,norm2,attn.{q,k,v,proj},
 mlp.{gate,up,down}_proj}, merger.{ln_q,mlp.0,mlp.2}), so the checkpoint's `thinker.visual.*`
@@ -21,9 +24,7 @@ the Triton kernel on CUDA); q and k are rotated in fp32 first, as transformers d
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -33,7 +34,9 @@ from omni_kernels import block_sparse_attention, vision_full_block_mask, vision_
 from omni_kernels.block_sparse_attention import HEAD_DIMS
 from omni_kernels.rotary import apply_rotate_half
 
-__all__ = ["VisionEncoderConfig", "VisionEncoder"]
+from .config import VisionEncoderConfig
+
+__all__ = ["VisionEncoder"]
 
 _ACTIVATIONS = {
     "silu": F.silu,
@@ -47,94 +50,6 @@ _ACTIVATIONS = {
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclasses.dataclass(frozen=True)
-class VisionEncoderConfig:
-    """config.json's `vision_config` (defaults = transformers 5.24's Qwen2_5OmniVisionEncoderConfig;
-    the published 7B sets hidden_size 1280)."""
-
-    depth: int = 32
-    hidden_size: int = 3584
-    hidden_act: str = "silu"
-    intermediate_size: int = 3420
-    num_heads: int = 16
-    in_channels: int = 3
-    patch_size: int = 14
-    spatial_merge_size: int = 2
-    temporal_patch_size: int = 2
-    window_size: int = 112
-    out_hidden_size: int = 3584
-    fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
-    rope_theta: float = 10000.0
-
-    def __post_init__(self):
-        for name in ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels", "patch_size",
-                     "spatial_merge_size", "temporal_patch_size", "window_size", "out_hidden_size"):
-            value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
-                raise ValueError(f"vision_config.{name} must be a positive int, got {value!r}")
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"vision_config.hidden_act must be one of {sorted(_ACTIVATIONS)}, got {self.hidden_act!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"vision_config.hidden_size ({self.hidden_size}) must be a multiple of num_heads "
-                             f"({self.num_heads})")
-        if self.head_dim % 4:
-            raise ValueError(f"vision head_dim ({self.head_dim}) must be a multiple of 4 (2-D rotary embedding)")
-        if self.window_size < self.patch_size * self.spatial_merge_size:
-            raise ValueError(f"vision_config.window_size ({self.window_size}) must be at least patch_size * "
-                             f"spatial_merge_size ({self.patch_size * self.spatial_merge_size})")
-        try:
-            indexes = tuple(self.fullatt_block_indexes)
-        except TypeError:
-            raise ValueError(f"vision_config.fullatt_block_indexes must be a list of ints, "
-                             f"got {self.fullatt_block_indexes!r}") from None
-        if not all(_is_int(i) and i >= 0 for i in indexes):
-            raise ValueError(f"vision_config.fullatt_block_indexes must be non-negative ints, got {indexes!r}")
-        object.__setattr__(self, "fullatt_block_indexes", indexes)
-        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) \
-                or not math.isfinite(self.rope_theta) or self.rope_theta <= 0:
-            raise ValueError(f"vision rope_theta must be a positive number, got {self.rope_theta!r}")
-        object.__setattr__(self, "rope_theta", float(self.rope_theta))
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def patch_dim(self) -> int:
-        """Length of one pixel_values row: in_channels * temporal_patch_size * patch_size**2."""
-        return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "VisionEncoderConfig":
-        """From config.json's `vision_config` dict (transformers 4.x or 5.x layout). Unknown keys are
-        ignored; `num_attention_heads` / `num_hidden_layers` / `in_chans` are read as aliases."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"vision_config must be a dict, got {type(d).__name__}")
-        aliases = {"num_heads": ("num_attention_heads",), "depth": ("num_hidden_layers",),
-                   "in_channels": ("in_chans",)}
-        kwargs = {}
-        for field in dataclasses.fields(cls):
-            if field.name == "rope_theta":
-                continue
-            for key in (field.name, *aliases.get(field.name, ())):
-                if key in d and d[key] is not None:
-                    kwargs[field.name] = d[key]
-                    break
-        rope = d.get("rope_parameters") or {}
-        if not isinstance(rope, Mapping):
-            raise ValueError(f"vision_config.rope_parameters must be a dict, got {rope!r}")
-        rope_type = rope.get("rope_type", rope.get("type", "axial"))
-        if rope_type != "axial":
-            raise ValueError(f"the vision encoder supports only axial rope, got rope_type {rope_type!r}")
-        theta = rope.get("rope_theta", d.get("rope_theta"))
-        if theta is not None:
-            kwargs["rope_theta"] = theta
-        if "fullatt_block_indexes" in kwargs:
-            value = kwargs["fullatt_block_indexes"]
-            kwargs["fullatt_block_indexes"] = tuple(value) if isinstance(value, (list, tuple)) else value
-        return cls(**kwargs)
 
 
 class RMSNorm(nn.Module):
@@ -266,7 +181,10 @@ class VisionEncoder(nn.Module):
     def __init__(self, config: VisionEncoderConfig, block_size: int = 128):
         super().__init__()
         if not isinstance(config, VisionEncoderConfig):
-            raise ValueError(f"config must be a VisionEncoderConfig, got {type(config).__name__}")
+            raise ValueError(f"config must be an omni_runtime.config.VisionEncoderConfig, got {type(config).__name__}")
+        config.validate("vision_config")
+        if config.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"vision_config.hidden_act must be one of {sorted(_ACTIVATIONS)}, got {config.hidden_act!r}")
         if config.head_dim not in HEAD_DIMS:
             raise ValueError(f"vision head_dim = hidden_size / num_heads = {config.head_dim} is not supported by "
                              f"the block-sparse attention kernel (one of {HEAD_DIMS})")
@@ -281,6 +199,22 @@ class VisionEncoder(nn.Module):
         self.rotary_pos_emb = VisionRotaryEmbedding(config.head_dim, config.rope_theta)
         self.blocks = nn.ModuleList([VisionBlock(config) for _ in range(config.depth)])
         self.merger = PatchMerger(config)
+
+    @classmethod
+    def from_state_dict(cls, config: VisionEncoderConfig, tensors: Mapping[str, torch.Tensor],
+                        prefix: str = "thinker.visual.", block_size: int = 128) -> "VisionEncoder":
+        """Build around the given tensors (names with or without `prefix`), adopting them as they
+        are (built on the meta device: the weights are never held twice); the rotary frequencies
+        are computed in fp32 as in __init__. Missing / unexpected / mis-shaped tensors raise
+        ValueError listing them."""
+        from .audio_encoder import _adopt
+
+        own = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+        with torch.device("meta"):
+            model = cls(config, block_size=block_size)
+        _adopt(model, own, "vision encoder")
+        model.rotary_pos_emb = VisionRotaryEmbedding(config.head_dim, config.rope_theta)
+        return model.eval().requires_grad_(False)
 
     def _check_inputs(self, pixel_values, grid_thw) -> list[tuple[int, int, int]]:
         if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():

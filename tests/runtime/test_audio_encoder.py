@@ -10,7 +10,8 @@ from helpers import rel_err
 
 import omni_kernels
 from omni_runtime.audio import log_mel_features
-from omni_runtime.audio_encoder import AudioEncoder, AudioEncoderConfig, feat_extract_output_lengths
+from omni_runtime.audio_encoder import AudioEncoder, feat_extract_output_lengths
+from omni_runtime.config import AudioEncoderConfig
 
 TOL = 1e-5
 LENGTHS = [100, 237, 400, 710]  # mel frames: 1 s, 2.37 s, 4 s, 7.1 s
@@ -213,12 +214,14 @@ def test_low_precision_smoke(pair):
 
 
 def test_config_from_dict_and_defaults():
+    """The encoder takes omni_runtime.config's AudioEncoderConfig (the one config source)."""
     from transformers import Qwen2_5OmniAudioEncoderConfig
 
     hf = Qwen2_5OmniAudioEncoderConfig()
     ours = AudioEncoderConfig()
     for f in dataclasses.fields(AudioEncoderConfig):
-        assert getattr(ours, f.name) == getattr(hf, f.name), f.name
+        if f.name != "extra":
+            assert getattr(ours, f.name) == getattr(hf, f.name), f.name
     published = {  # thinker_config.audio_config of Qwen2.5-Omni-7B's config.json
         "activation_dropout": 0.0, "activation_function": "gelu", "attention_dropout": 0.0, "d_model": 1280,
         "dropout": 0.0, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120, "encoder_layerdrop": 0.0,
@@ -226,20 +229,24 @@ def test_config_from_dict_and_defaults():
         "n_window": 100, "num_hidden_layers": 32, "num_mel_bins": 128, "output_dim": 3584, "scale_embedding": False,
         "torch_dtype": "bfloat16"}
     cfg = AudioEncoderConfig.from_dict(published)
-    assert cfg == ours and cfg.head_dim == 64
+    assert dataclasses.replace(cfg, extra={}) == ours and cfg.head_dim == 64 and cfg.chunk_frames == 200
     assert AudioEncoderConfig.from_dict({"hidden_size": 256, "num_attention_heads": 4}).d_model == 256
 
 
 def test_errors(pair):
     _, ours = pair
     with pytest.raises(ValueError, match="divisible"):
-        AudioEncoderConfig(d_model=130, encoder_attention_heads=4)
+        AudioEncoder(AudioEncoderConfig(d_model=130, encoder_attention_heads=4))
     with pytest.raises(ValueError, match="n_window"):
-        AudioEncoderConfig(n_window=0)
+        AudioEncoder(AudioEncoderConfig(n_window=0))
+    with pytest.raises(ValueError, match="n_window"):
+        AudioEncoderConfig.from_dict({"n_window": 2000})
     with pytest.raises(ValueError, match="activation"):
-        AudioEncoderConfig(activation_function="mish")
-    with pytest.raises(ValueError, match="must be a dict"):
+        AudioEncoder(AudioEncoderConfig(activation_function="mish"))
+    with pytest.raises(ValueError, match="expected an object"):
         AudioEncoderConfig.from_dict([1])
+    with pytest.raises(ValueError, match="AudioEncoderConfig"):
+        AudioEncoder({"d_model": 128})
     mel = torch.randn(128, 50)
     with torch.no_grad():
         with pytest.raises(ValueError, match="mel bins"):

@@ -13,7 +13,8 @@ import torch
 import omni_kernels
 from helpers import rel_err
 from omni_runtime.vision import preprocess_image, preprocess_images, preprocess_video
-from omni_runtime.vision_encoder import VisionEncoder, VisionEncoderConfig
+from omni_runtime.config import RopeParameters, VisionEncoderConfig
+from omni_runtime.vision_encoder import VisionEncoder
 
 transformers = pytest.importorskip("transformers")
 from transformers import Qwen2_5OmniVisionEncoderConfig  # noqa: E402
@@ -136,15 +137,19 @@ def test_bf16_close(models):
 # -- config --------------------------------------------------------------------------------------
 
 def test_config_defaults_equal_transformers():
+    """The encoder takes omni_runtime.config's VisionEncoderConfig (the one config source)."""
     hf = Qwen2_5OmniVisionEncoderConfig()
     ours = VisionEncoderConfig()
     for field in dataclasses.fields(VisionEncoderConfig):
-        if field.name == "rope_theta":
+        if field.name == "extra":
+            continue
+        if field.name == "rope_parameters":
             assert ours.rope_theta == hf.rope_parameters["rope_theta"]
+            assert ours.rope_parameters.rope_type == hf.rope_parameters["rope_type"] == "axial"
         else:
             value = getattr(hf, field.name)
-            assert getattr(ours, field.name) == (tuple(value) if isinstance(value, list) else value), field.name
-    assert VisionEncoderConfig.from_dict(hf.to_dict()) == ours
+            assert getattr(ours, field.name) == (list(value) if isinstance(value, tuple) else value), field.name
+    assert dataclasses.replace(VisionEncoderConfig.from_dict(hf.to_dict()), extra={}) == ours
 
 
 def test_config_published_layout():
@@ -156,11 +161,13 @@ def test_config_published_layout():
         "window_size": 112,
     }
     cfg = VisionEncoderConfig.from_dict(published)
-    assert (cfg.hidden_size, cfg.head_dim, cfg.depth, cfg.out_hidden_size) == (1280, 80, 32, 3584)
-    assert cfg.fullatt_block_indexes == (7, 15, 23, 31) and cfg.rope_theta == 10000.0
+    assert (cfg.hidden_size, cfg.head_dim, cfg.depth, cfg.out_hidden_size, cfg.patch_dim) == (1280, 80, 32, 3584, 1176)
+    assert cfg.fullatt_block_indexes == [7, 15, 23, 31] and cfg.rope_theta == 10000.0
     assert VisionEncoderConfig.from_dict({"num_attention_heads": 4, "num_hidden_layers": 2, "hidden_size": 256,
+                                          "fullatt_block_indexes": [1],
                                           "rope_parameters": {"rope_type": "axial", "rope_theta": 500.0}}) \
-        == VisionEncoderConfig(num_heads=4, depth=2, hidden_size=256, rope_theta=500.0)
+        == VisionEncoderConfig(num_heads=4, depth=2, hidden_size=256, fullatt_block_indexes=[1],
+                               rope_parameters=RopeParameters("axial", 500.0, None))
 
 
 def test_real_size_state_dict_keys_match_transformers():
@@ -174,21 +181,24 @@ def test_real_size_state_dict_keys_match_transformers():
 
 
 @pytest.mark.parametrize("change,match", [
-    (dict(hidden_size=100, num_heads=3), "multiple of num_heads"),
+    (dict(hidden_size=100, num_heads=3), "divisible by"),
     (dict(hidden_size=96, num_heads=2), "head_dim"),  # 48: no kernel for it
     (dict(hidden_act="tanhh"), "hidden_act"),
     (dict(depth=0), "depth"),
     (dict(window_size=14), "window_size"),
-    (dict(fullatt_block_indexes=(1, -1)), "fullatt_block_indexes"),
+    (dict(fullatt_block_indexes=[1, -1]), "fullatt_block_indexes"),
 ])
 def test_config_errors(change, match):
     with pytest.raises(ValueError, match=match):
-        VisionEncoder(VisionEncoderConfig(**{**TINY, "fullatt_block_indexes": (1, 3), **change}))
+        VisionEncoder(VisionEncoderConfig(**{**TINY, **change}))
 
 
 def test_config_rope_type_error():
+    # transformers relabels "default" as "axial" (the same math); anything else is refused
+    assert VisionEncoderConfig.from_dict({"rope_parameters": {"rope_type": "default"}}).rope_parameters.rope_type \
+        == "axial"
     with pytest.raises(ValueError, match="axial"):
-        VisionEncoderConfig.from_dict({"rope_parameters": {"rope_type": "default", "rope_theta": 1.0}})
+        VisionEncoderConfig.from_dict({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0}})
 
 
 # -- input errors --------------------------------------------------------------------------------
