@@ -15,7 +15,7 @@ inputs:
 """
 import pytest
 import torch
-from helpers import rel_err
+from helpers import capture_cuda_graph, rel_err
 
 from omni_kernels import backend
 from omni_kernels.block_mask import (
@@ -166,19 +166,6 @@ def test_block_sparse_attention_gpu(mask_name, dtype):
 
 # -- CUDA graphs: capture + replay equals eager ------------------------------------------------------
 
-def _capture(fn, warmup=2):
-    """Warm up on a side stream (compiles the kernel, fills caches), then capture fn into a graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = fn()
-    return graph, static_out
-
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_tmrope_attention_cuda_graph(dtype):
@@ -190,7 +177,7 @@ def test_tmrope_attention_cuda_graph(dtype):
     def step():
         return tmrope_attention(q, k, v, positions, cu, mrope_section=SECTION, max_seqlen=max_len)
 
-    graph, (out, k_rot) = _capture(step)
+    graph, (out, k_rot) = capture_cuda_graph(step)
     q2, k2, v2, positions2, cu2 = tmrope_inputs(lengths_b, dtype)
     for dst, src in ((q, q2), (k, k2), (v, v2), (positions, positions2), (cu, cu2)):
         dst.copy_(src)
@@ -209,7 +196,7 @@ def test_dit_window_attention_cuda_graph(dtype):
     def step():
         return dit_window_attention(q, k, v, block_size=DIT_BLOCK, back=1, ahead=0)
 
-    graph, out = _capture(step)
+    graph, out = capture_cuda_graph(step)
     q2, k2, v2 = dit_inputs(2400, dtype)
     for dst, src in ((q, q2), (k, k2), (v, v2)):
         dst.copy_(src)

@@ -18,7 +18,7 @@ torch.equal.
 """
 import pytest
 import torch
-from helpers import rel_err
+from helpers import capture_cuda_graph, rel_err
 
 from omni_kernels import backend, extension
 from omni_kernels.kv_cache_ops import copy_blocks, store_kv, swap_blocks
@@ -395,19 +395,6 @@ def test_paged_prefill_attention_gpu_ignores_unowned_slots_and_reads_max_seqlen(
 
 # -- CUDA graph: a decode step (store the new token, attend) replays like eager -----------------------
 
-def _capture(fn, warmup=2):
-    """Warm up on a side stream (compiles the kernels), then capture fn into a graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = fn()
-    return graph, static_out
-
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("page", [16, 256])
@@ -451,7 +438,7 @@ def test_decode_step_cuda_graph_replay_equals_eager(page, dtype):
 
     lengths = (start + 1).tolist()
     load(step_inputs(lengths))
-    graph, out = _capture(step)
+    graph, out = capture_cuda_graph(step)
     for _ in range(3):
         lengths = [n + 1 for n in lengths[:-1]] + [1]
         inputs = step_inputs(lengths)
