@@ -67,9 +67,9 @@ def _quiet_transformers():
 
 def load_ours(checkpoint: Path, device: torch.device, dtype: torch.dtype, max_model_len: int,
               max_batched_tokens: int, max_num_seqs: int):
-    from omni_runtime.checkpoint import open_checkpoint
-    from omni_runtime.engine import ThinkerEngine
-    from omni_runtime.thinker import ThinkerLM
+    from omni_runtime.io.checkpoint import open_checkpoint
+    from omni_runtime.engine.engine import ThinkerEngine
+    from omni_runtime.models.thinker_lm import ThinkerLM
 
     ckpt = open_checkpoint(checkpoint)
     model = ThinkerLM.from_checkpoint(ckpt, device=device, dtype=dtype)
@@ -130,7 +130,7 @@ class _StepClock:
 
 def run_ours(engine, prompts, new_tokens: int):
     """(ids per row, t_first_token - t0, t_last_token - t_first_token) for one generate call."""
-    from omni_runtime.sampling import SamplingParams
+    from omni_runtime.engine.sampling import SamplingParams
 
     params = SamplingParams(max_new_tokens=new_tokens, do_sample=False)  # no stop ids: always new_tokens
     common.synchronize(engine.device)
@@ -381,12 +381,12 @@ def main(argv=None):
             checkpoint = Path(args.checkpoint)
             source = str(checkpoint)
         else:
-            from omni_runtime.tiny_checkpoint import NOTE, write_tiny_checkpoint
+            from omni_runtime.io.tiny_checkpoint import NOTE, write_tiny_checkpoint
 
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_thinker_"))
             checkpoint = write_tiny_checkpoint(Path(tmp) / "ckpt", seed=args.seed, preset=args.preset)
             source = f"write_tiny_checkpoint(preset={args.preset!r}, seed={args.seed}) ({NOTE})"
-        from omni_runtime.checkpoint import open_checkpoint
+        from omni_runtime.io.checkpoint import open_checkpoint
 
         text = open_checkpoint(checkpoint).config.thinker_config.text_config
         info = common.device_info(device)
@@ -451,7 +451,7 @@ PYTEST_PROMPT, PYTEST_NEW = 32, 8
 
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):
-    from omni_runtime.tiny_checkpoint import write_tiny_checkpoint
+    from omni_runtime.io.tiny_checkpoint import write_tiny_checkpoint
 
     directory = write_tiny_checkpoint(tmp_path_factory.mktemp("bench_thinker") / "ckpt", seed=0, preset="tiny")
     ckpt, engine = load_ours(directory, torch.device("cpu"), torch.float32, max_model_len=256,

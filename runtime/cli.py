@@ -92,7 +92,7 @@ def _note(args, msg: str) -> None:
 
 
 def _sampling(args):
-    from .sampling import SamplingParams
+    from .engine.sampling import SamplingParams
 
     sampling = any(v is not None for v in (args.temperature, args.top_k, args.top_p))
     if args.greedy and sampling:
@@ -143,11 +143,11 @@ def _check_files(args) -> None:
 def _run(args) -> dict:
     import torch
 
-    from . import tiny_checkpoint
-    from .audio import load_audio
-    from .chat import OMNI_SYSTEM_PROMPT
-    from .checkpoint import ProgressLine
-    from .omni_thinker import STREAM_CHUNK_SECONDS, Thinker
+    from .io import tiny_checkpoint
+    from .media.audio import load_audio
+    from .io.chat import OMNI_SYSTEM_PROMPT
+    from .io.checkpoint import ProgressLine
+    from .thinker.thinker import STREAM_CHUNK_SECONDS, Thinker
 
     _check_files(args)
     params = _sampling(args)

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from omni_runtime.tiny_checkpoint import write_tiny_checkpoint
+from omni_runtime.io.tiny_checkpoint import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""omni_runtime.audio: loading, resampling, log-mel features (offline and streaming) against
+"""omni_runtime.media.audio: loading, resampling, log-mel features (offline and streaming) against
 transformers' WhisperFeatureExtractor as Qwen2.5-Omni's processor calls it."""
 import warnings
 
@@ -7,8 +7,8 @@ import pytest
 import soundfile
 import torch
 
-from omni_runtime import audio as A
-from omni_runtime.audio import (N_SAMPLES, Resampler, StreamingMel, StreamingResampler, load_audio, log_mel_features,
+from omni_runtime.media import audio as A
+from omni_runtime.media.audio import (N_SAMPLES, Resampler, StreamingMel, StreamingResampler, load_audio, log_mel_features,
                                 mel_filter_bank, num_mel_frames, resample)
 
 MEL_ATOL = 1e-5  # stated tolerance vs transformers (fp32, CPU); measured <= 1.2e-7

@@ -1,4 +1,4 @@
-"""omni_runtime.audio_encoder.AudioEncoder vs transformers' Qwen2_5OmniAudioEncoder on random tiny
+"""omni_runtime.models.audio_encoder.AudioEncoder vs transformers' Qwen2_5OmniAudioEncoder on random tiny
 weights (fp32, within 1e-5 relative error), through the torch path and the Triton kernel
 (interpreter); chunk-by-chunk streaming vs all at once."""
 import dataclasses
@@ -9,8 +9,8 @@ import torch
 from helpers import rel_err
 
 import omni_kernels
-from omni_runtime.audio import log_mel_features
-from omni_runtime.audio_encoder import AudioEncoder, feat_extract_output_lengths
+from omni_runtime.media.audio import log_mel_features
+from omni_runtime.models.audio_encoder import AudioEncoder, feat_extract_output_lengths
 from omni_runtime.config import AudioEncoderConfig
 
 TOL = 1e-5

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from omni_runtime import checkpoint as CK
+from omni_runtime.io import checkpoint as CK
 from omni_runtime import config as C
-from omni_runtime import layout as L
+from omni_runtime.io import layout as L
 
 
 def _saved_shapes(directory) -> dict:

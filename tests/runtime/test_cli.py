@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from omni_runtime import cli
-from omni_runtime.tiny_checkpoint import NOTE
+from omni_runtime.io.tiny_checkpoint import NOTE
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_greedy_is_deterministic_and_equals_the_api(capsys, files):
     a, _ = run_json(capsys, *args)
     b, _ = run_json(capsys, *args, "--greedy")
     assert a["generated_ids"] == b["generated_ids"] and a["prompt_tokens"] == b["prompt_tokens"]
-    from omni_runtime.omni_thinker import Thinker
+    from omni_runtime.thinker.thinker import Thinker
 
     th = Thinker.from_checkpoint()
     ids = [ev.token_id for ev in th.generate("What is this?", audios=[str(files / "speech.wav")],

@@ -1,4 +1,4 @@
-"""omni_runtime.omni_thinker.Thinker (audio encoder + vision encoder + LLM from one checkpoint)
+"""omni_runtime.thinker.thinker.Thinker (audio encoder + vision encoder + LLM from one checkpoint)
 against transformers' Qwen2_5OmniThinkerForConditionalGeneration on the same checkpoint.
 
 The checkpoints are `write_tiny_checkpoint` presets ("tiny" and "7b-ratios": GQA 7:1, head_dim 128,
@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from omni_runtime.omni_thinker import Thinker
-from omni_runtime.sampling import SamplingParams
-from omni_runtime.tiny_checkpoint import NOTE
+from omni_runtime.thinker.thinker import Thinker
+from omni_runtime.engine.sampling import SamplingParams
+from omni_runtime.io.tiny_checkpoint import NOTE
 
 transformers = pytest.importorskip("transformers")
 
@@ -205,7 +205,7 @@ def test_prepared_prompt_layout(tiny):
 def test_prompt_ids_with_media_placeholders(tiny):
     """Token ids are taken as they are (no template); each single <|AUDIO|>/<|IMAGE|> id takes the
     next media entry and is expanded: the rendered template's ids give the same prompt."""
-    from omni_runtime.chat import render_prompt
+    from omni_runtime.io.chat import render_prompt
 
     th = tiny.ours
     messages = [{"role": "user", "content": [{"type": "audio"}, {"type": "image"}, {"type": "text", "text": "Hm?"}]}]
@@ -316,7 +316,7 @@ def test_from_checkpoint_default_is_the_embedded_tiny_checkpoint(tmp_path, monke
     th = Thinker.from_checkpoint(progress=lambda done, total: seen.append((done, total)),
                                  engine_kwargs=dict(max_model_len=256, num_blocks=32))
     assert th.note == NOTE and th.path == tmp_path / "cache" / "tiny-tiny-seed0"
-    from omni_runtime.checkpoint import open_checkpoint
+    from omni_runtime.io.checkpoint import open_checkpoint
 
     total = open_checkpoint(th.path).nbytes("thinker.")
     assert seen[-1] == (total, total) and all(t == total for _, t in seen)  # one pass over thinker.*

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from omni_runtime.sampling import SamplingParams, make_generator, process_logits, sample, seen_mask
+from omni_runtime.engine.sampling import SamplingParams, make_generator, process_logits, sample, seen_mask
 
 transformers = pytest.importorskip("transformers")
 logging.getLogger("transformers").setLevel(logging.ERROR)

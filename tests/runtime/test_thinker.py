@@ -1,7 +1,7 @@
 """The Thinker LLM and its engine against transformers' Qwen2_5OmniThinkerForConditionalGeneration.
 
 Tiny random thinkers (fp32, sdpa) are built in transformers, saved with `save_pretrained` (the
-official key layout) and loaded into `omni_runtime.thinker.ThinkerLM`. The proof: logits at every
+official key layout) and loaded into `omni_runtime.models.thinker_lm.ThinkerLM`. The proof: logits at every
 prefill position within 1e-4 relative error, greedy ids identical for 32 new tokens, the same
 through chunked / streamed prefill, multimodal positions (rope delta), custom embeddings, seeded
 sampling, and once through the Triton kernels under the interpreter.
@@ -15,11 +15,11 @@ import torch
 import omni_kernels
 from omni_kernels import rope_index
 from omni_kernels.paged_kv_cache import PagedKVCache
-from omni_runtime import layout
+from omni_runtime.io import layout
 from omni_runtime.config import TextConfig
-from omni_runtime.engine import KVCacheFullError, StepState, ThinkerEngine
-from omni_runtime.sampling import SamplingParams
-from omni_runtime.thinker import ThinkerLM
+from omni_runtime.engine.engine import KVCacheFullError, StepState, ThinkerEngine
+from omni_runtime.engine.sampling import SamplingParams
+from omni_runtime.models.thinker_lm import ThinkerLM
 
 transformers = pytest.importorskip("transformers")
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -469,7 +469,7 @@ def test_streamed_prompt_past_the_cache_is_a_clear_error(tiny):
 
 
 def test_from_checkpoint_loads_the_official_layout(tiny_ckpt):
-    from omni_runtime.checkpoint import open_checkpoint
+    from omni_runtime.io.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(tiny_ckpt)
     model = ThinkerLM.from_checkpoint(ckpt, dtype=torch.float32)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from omni_runtime import checkpoint as CK
-from omni_runtime import layout as L
-from omni_runtime import tiny_checkpoint as T
+from omni_runtime.io import checkpoint as CK
+from omni_runtime.io import layout as L
+from omni_runtime.io import tiny_checkpoint as T
 
 
 def _load_with_info(hf, directory):

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omni_runtime import chat as CH
-from omni_runtime.tokenizer import QWEN_SPECIAL_TOKENS, Tokenizer
+from omni_runtime.io import chat as CH
+from omni_runtime.io.tokenizer import QWEN_SPECIAL_TOKENS, Tokenizer
 
 SAMPLES = [
     "Hello world, how are you?",
@@ -249,7 +249,7 @@ def test_build_prompt_ids_matches_the_processor(processor, tok, case):
 
 
 def test_build_prompt_ids_with_the_config(tiny_ckpt, tok):
-    from omni_runtime.checkpoint import open_checkpoint
+    from omni_runtime.io.checkpoint import open_checkpoint
 
     cfg = open_checkpoint(tiny_ckpt).config
     msgs = [{"role": "user", "content": [{"type": "audio", "audio": "a"}, {"type": "text", "text": "hi"}]}]

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from omni_runtime import vision
-from omni_runtime.vision import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_video, preprocess_image, preprocess_images,
+from omni_runtime.media import vision
+from omni_runtime.media.vision import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_video, preprocess_image, preprocess_images,
                                  preprocess_video, sample_frame_indices, smart_resize)
 
 transformers = pytest.importorskip("transformers")
@@ -356,7 +356,7 @@ def test_video_fps_and_file_errors(tmp_path):
 
 
 def test_runtime_modules_do_not_import_transformers():
-    from omni_runtime import vision_encoder
+    from omni_runtime.models import vision_encoder
 
     for module in (vision, vision_encoder):
         source = inspect.getsource(module)

@@ -12,9 +12,9 @@ import torch
 
 import omni_kernels
 from helpers import rel_err
-from omni_runtime.vision import preprocess_image, preprocess_images, preprocess_video
+from omni_runtime.media.vision import preprocess_image, preprocess_images, preprocess_video
 from omni_runtime.config import RopeParameters, VisionEncoderConfig
-from omni_runtime.vision_encoder import VisionEncoder
+from omni_runtime.models.vision_encoder import VisionEncoder
 
 transformers = pytest.importorskip("transformers")
 from transformers import Qwen2_5OmniVisionEncoderConfig  # noqa: E402

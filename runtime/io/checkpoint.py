@@ -26,8 +26,8 @@ from typing import Callable, Iterable, Mapping, Optional, Union
 import torch
 
 from . import layout
-from .config import OmniConfig
-from .config import load as load_config
+from ..config import OmniConfig
+from ..config import load as load_config
 from .tokenizer import Tokenizer
 
 __all__ = [

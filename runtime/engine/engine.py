@@ -49,7 +49,7 @@ from omni_kernels.block_manager import OutOfBlocksError
 from omni_kernels.paged_kv_cache import PagedKVCache, bytes_per_block
 
 from .sampling import SamplingParams, make_generator, sample, seen_mask
-from .thinker import CHUNKED_PREFILL, DECODE, PREFILL, ThinkerLM
+from ..models.thinker_lm import CHUNKED_PREFILL, DECODE, PREFILL, ThinkerLM
 
 __all__ = ["StepState", "Sequence", "TokenEvent", "ThinkerEngine", "KVCacheFullError",
            "WAITING", "RUNNING", "FINISHED"]

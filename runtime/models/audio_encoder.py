@@ -46,7 +46,7 @@ from omni_kernels import audio_chunk_block_mask, block_sparse_attention
 from omni_kernels.block_mask import audio_chunk_lengths
 from omni_kernels.block_sparse_attention import HEAD_DIMS
 
-from .config import AudioEncoderConfig
+from ..config import AudioEncoderConfig
 
 __all__ = ["AudioEncoder", "AudioEncoderStream", "feat_extract_output_lengths"]
 

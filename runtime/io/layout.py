@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .config import (
+from ..config import (
     AudioEncoderConfig,
     BigVGANConfig,
     DiTConfig,

@@ -32,7 +32,7 @@ from torch import nn
 from omni_kernels import paged_decode_attention, paged_prefill_attention, store_kv, tmrope_attention
 from omni_kernels.rotary import apply_rotate_half, mrope_cos_sin, rope_inv_freq
 
-from .config import TextConfig
+from ..config import TextConfig
 
 __all__ = ["ThinkerLM", "ThinkerModel", "ThinkerOutput", "DecoderLayer", "Attention", "MLP", "RMSNorm",
            "PREFILL", "CHUNKED_PREFILL", "DECODE", "MODES"]
@@ -215,7 +215,8 @@ class ThinkerLM(nn.Module):
     def from_checkpoint(cls, ckpt, device="cpu", dtype=None, progress=None) -> "ThinkerLM":
         """Load `thinker.model.*` and `thinker.lm_head.*` of an opened checkpoint
         (`omni_runtime.checkpoint.open_checkpoint`) straight to `device` / `dtype`."""
-        from . import checkpoint, layout
+        from ..io import checkpoint
+        from ..io import layout
 
         config = ckpt.config.thinker_config.text_config
         tie = ckpt.config.thinker_config.tie_word_embeddings

@@ -79,17 +79,17 @@ import torch
 
 from omni_kernels import rope_index
 
-from . import checkpoint as _ckpt
-from . import layout
-from .audio import SAMPLE_RATE, StreamingMel, load_audio, load_audio_track, log_mel_features
-from .audio_encoder import AudioEncoder, AudioEncoderStream
-from .chat import OMNI_SYSTEM_PROMPT, PlaceholderIds, expand_placeholder_ids, render_prompt
-from .engine import Sequence as EngineSequence
-from .engine import ThinkerEngine, TokenEvent
-from .sampling import SamplingParams
-from .thinker import ThinkerLM
-from .vision import image_kwargs_from_preprocessor_config, load_video, preprocess_image, preprocess_video
-from .vision_encoder import VisionEncoder
+from ..io import checkpoint as _ckpt
+from ..io import layout
+from ..media.audio import SAMPLE_RATE, StreamingMel, load_audio, load_audio_track, log_mel_features
+from ..models.audio_encoder import AudioEncoder, AudioEncoderStream
+from ..io.chat import OMNI_SYSTEM_PROMPT, PlaceholderIds, expand_placeholder_ids, render_prompt
+from ..engine.engine import Sequence as EngineSequence
+from ..engine.engine import ThinkerEngine, TokenEvent
+from ..engine.sampling import SamplingParams
+from ..models.thinker_lm import ThinkerLM
+from ..media.vision import image_kwargs_from_preprocessor_config, load_video, preprocess_image, preprocess_video
+from ..models.vision_encoder import VisionEncoder
 
 __all__ = ["Thinker", "PreparedPrompt", "AudioStreamSession", "STREAM_CHUNK_SECONDS"]
 
@@ -212,7 +212,7 @@ class Thinker:
         device."""
         t0 = time.perf_counter()
         if path is None:
-            from .tiny_checkpoint import default_checkpoint_dir
+            from ..io.tiny_checkpoint import default_checkpoint_dir
 
             path = default_checkpoint_dir()
         dtype = _ckpt.parse_dtype(dtype)

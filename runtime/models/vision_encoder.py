@@ -34,7 +34,7 @@ from omni_kernels import block_sparse_attention, vision_full_block_mask, vision_
 from omni_kernels.block_sparse_attention import HEAD_DIMS
 from omni_kernels.rotary import apply_rotate_half
 
-from .config import VisionEncoderConfig
+from ..config import VisionEncoderConfig
 
 __all__ = ["VisionEncoder"]
 

@@ -36,7 +36,7 @@ import torch
 
 from . import layout
 from .chat import CHAT_TEMPLATE
-from .config import OmniConfig
+from ..config import OmniConfig
 from .tokenizer import QWEN_SPECIAL_TOKENS
 
 __all__ = [
