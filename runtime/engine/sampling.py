@@ -50,6 +50,17 @@ def _as_float(name: str, value) -> float:
     return value
 
 
+def _id_tuple(name: str, ids) -> tuple[int, ...]:
+    if isinstance(ids, (int, torch.Tensor)) and not isinstance(ids, bool):
+        ids = [ids] if isinstance(ids, int) else ids.reshape(-1).tolist()
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise ValueError(f"{name} must be a sequence of int token ids")
+    out = tuple(_as_int(f"{name}[]", t) for t in ids)
+    if any(t < 0 for t in out):
+        raise ValueError(f"{name} must be non-negative token ids, got {list(out)}")
+    return out
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request picks its tokens and when it stops.
@@ -60,6 +71,9 @@ class SamplingParams:
     seed: int seeds a per-request generator; None uses torch's global generator.
     max_new_tokens: at most this many generated tokens (>= 1). stop_token_ids: generation ends
     after emitting one of these (the stop token is part of the output, as in transformers).
+    ignore_eos: never stop on a stop id (exactly max_new_tokens tokens; benchmarks need fixed lengths).
+    suppress_token_ids: ids that are never generated (their logits -inf before any processor; the
+    Talker suppresses its codec bos).
     """
 
     max_new_tokens: int = 256
@@ -70,6 +84,8 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: Optional[int] = None
     stop_token_ids: tuple[int, ...] = field(default=())
+    ignore_eos: bool = False
+    suppress_token_ids: tuple[int, ...] = field(default=())
 
     def __post_init__(self):
         if not isinstance(self.do_sample, bool):
@@ -97,17 +113,13 @@ class SamplingParams:
             seed = _as_int("seed", seed)
             if not 0 <= seed < 2**64:
                 raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-        stops = self.stop_token_ids
-        if isinstance(stops, (int, torch.Tensor)) and not isinstance(stops, bool):
-            stops = [stops] if isinstance(stops, int) else stops.reshape(-1).tolist()
-        if isinstance(stops, (str, bytes)):
-            raise ValueError("stop_token_ids must be a sequence of int token ids")
-        stops = tuple(_as_int("stop_token_ids[]", s) for s in stops)
-        if any(s < 0 for s in stops):
-            raise ValueError(f"stop_token_ids must be non-negative token ids, got {list(stops)}")
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos must be a bool, got {type(self.ignore_eos).__name__}")
+        stops = _id_tuple("stop_token_ids", self.stop_token_ids)
+        suppress = _id_tuple("suppress_token_ids", self.suppress_token_ids)
         for name, value in (("max_new_tokens", max_new), ("temperature", temperature), ("top_k", top_k),
                             ("top_p", top_p), ("repetition_penalty", penalty), ("seed", seed),
-                            ("stop_token_ids", stops)):
+                            ("stop_token_ids", stops), ("suppress_token_ids", suppress)):
             object.__setattr__(self, name, value)
 
     @property
@@ -202,6 +214,10 @@ def process_logits(logits: torch.Tensor, params: Sequence[SamplingParams],
     if len(params) != logits.shape[0]:
         raise ValueError(f"got {len(params)} SamplingParams for {logits.shape[0]} rows of logits")
     scores = logits.to(dtype=torch.float32, copy=True)
+    for i, p in enumerate(params):
+        if p.suppress_token_ids:  # transformers' SuppressTokensLogitsProcessor; ids past the vocab ignored
+            ids = [t for t in p.suppress_token_ids if t < scores.shape[-1]]
+            scores[i, ids] = -math.inf
     pen_rows = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
     if pen_rows:
         if seen is None or seen.shape != scores.shape or seen.dtype != torch.bool:
@@ -233,7 +249,8 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams],
         generators = [None] * len(params)
     if batch is not None and len(generators) != batch:
         raise ValueError(f"got {len(generators)} generators for {batch} rows of logits")
-    if all(p.greedy and p.repetition_penalty == 1.0 for p in params) and batch == len(params):
+    if all(p.greedy and p.repetition_penalty == 1.0 and not p.suppress_token_ids for p in params) and \
+            batch == len(params):
         return logits.argmax(dim=-1)
     scores = process_logits(logits, params, seen)
     out = scores.argmax(dim=-1)
