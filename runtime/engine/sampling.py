@@ -66,7 +66,7 @@ class SamplingParams:
     """How one request picks its tokens and when it stops.
 
     do_sample: False = greedy (argmax after the repetition penalty); True = multinomial sampling.
-    temperature (> 0 when sampling), top_k (0 = off, else keep the k largest), top_p (in (0, 1];
+    temperature (> 0 when sampling; 0 means greedy, as in vLLM and OpenAI's API), top_k (0 = off, else keep the k largest), top_p (in (0, 1];
     1 = off), repetition_penalty (> 0; 1 = off; tokens of the prompt and of the output so far).
     seed: int seeds a per-request generator; None uses torch's global generator.
     max_new_tokens: at most this many generated tokens (>= 1). stop_token_ids: generation ends
@@ -94,7 +94,10 @@ class SamplingParams:
         if max_new < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new}")
         temperature = _as_float("temperature", self.temperature)
-        if self.do_sample and not (0.0 < temperature < math.inf):
+        do_sample = self.do_sample
+        if do_sample and temperature == 0.0:  # as in vLLM and OpenAI's API: temperature 0 is greedy
+            do_sample, temperature = False, 1.0
+        if do_sample and not (0.0 < temperature < math.inf):
             raise ValueError(f"temperature must be a positive finite number when sampling (do_sample=True), got "
                              f"{temperature}; use do_sample=False for greedy decoding")
         if temperature < 0:
@@ -117,7 +120,7 @@ class SamplingParams:
             raise ValueError(f"ignore_eos must be a bool, got {type(self.ignore_eos).__name__}")
         stops = _id_tuple("stop_token_ids", self.stop_token_ids)
         suppress = _id_tuple("suppress_token_ids", self.suppress_token_ids)
-        for name, value in (("max_new_tokens", max_new), ("temperature", temperature), ("top_k", top_k),
+        for name, value in (("do_sample", do_sample), ("max_new_tokens", max_new), ("temperature", temperature), ("top_k", top_k),
                             ("top_p", top_p), ("repetition_penalty", penalty), ("seed", seed),
                             ("stop_token_ids", stops), ("suppress_token_ids", suppress)):
             object.__setattr__(self, name, value)

@@ -47,6 +47,7 @@ from omni_kernels.block_mask import audio_chunk_lengths
 from omni_kernels.block_sparse_attention import HEAD_DIMS
 
 from ..config import AudioEncoderConfig
+from ..layers import build_and_adopt
 
 __all__ = ["AudioEncoder", "AudioEncoderStream", "feat_extract_output_lengths"]
 
@@ -175,12 +176,10 @@ class AudioEncoder(nn.Module):
         table is computed on the weights' device. Missing / unexpected / mis-shaped tensors raise
         ValueError listing them."""
         own = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
-        with torch.device("meta"):
-            model = cls(config)
-        _adopt(model, own, "audio encoder")
+        model = build_and_adopt(lambda: cls(config), own, "audio encoder")
         device = model.conv1.weight.device
         model.positional_embedding.positional_embedding = model.positional_embedding.compute().to(device)
-        return model.eval().requires_grad_(False)
+        return model
 
     @property
     def chunk_frames(self) -> int:
@@ -312,21 +311,6 @@ class AudioEncoder(nn.Module):
 
     def stream(self) -> "AudioEncoderStream":
         return AudioEncoderStream(self)
-
-
-def _adopt(model: nn.Module, tensors: Mapping[str, torch.Tensor], what: str) -> None:
-    """load_state_dict(strict, assign) with one error listing every missing / unexpected /
-    mis-shaped tensor."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    wrong = sorted(f"{k}: {tuple(tensors[k].shape)} != expected {expected[k]}" for k in set(tensors) & set(expected)
-                   if tuple(tensors[k].shape) != expected[k])
-    if missing or extra or wrong:
-        parts = [f"{name} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
-                 for name, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys]
-        raise ValueError(f"{what} weights do not match the config:\n  " + "\n  ".join(parts))
-    model.load_state_dict(dict(tensors), strict=True, assign=True)
 
 
 class AudioEncoderStream:

@@ -35,6 +35,7 @@ from omni_kernels.block_sparse_attention import HEAD_DIMS
 from omni_kernels.rotary import apply_rotate_half
 
 from ..config import VisionEncoderConfig
+from ..layers import RMSNorm, build_and_adopt
 
 __all__ = ["VisionEncoder"]
 
@@ -50,21 +51,6 @@ _ACTIVATIONS = {
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-class RMSNorm(nn.Module):
-    """transformers' Qwen2_5OmniRMSNorm: normalize in fp32, cast back, then scale."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        xf = x.to(torch.float32)
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * xf.to(dtype)
 
 
 class PatchEmbed(nn.Module):
@@ -138,8 +124,8 @@ class VisionMLP(nn.Module):
 class VisionBlock(nn.Module):
     def __init__(self, config: VisionEncoderConfig):
         super().__init__()
-        self.norm1 = RMSNorm(config.hidden_size, eps=1e-6)
-        self.norm2 = RMSNorm(config.hidden_size, eps=1e-6)
+        self.norm1 = RMSNorm(config.hidden_size, 1e-6)
+        self.norm2 = RMSNorm(config.hidden_size, 1e-6)
         self.attn = VisionAttention(config)
         self.mlp = VisionMLP(config)
 
@@ -152,7 +138,7 @@ class PatchMerger(nn.Module):
     def __init__(self, config: VisionEncoderConfig):
         super().__init__()
         self.hidden_size = config.hidden_size * config.spatial_merge_size ** 2
-        self.ln_q = RMSNorm(config.hidden_size, eps=1e-6)
+        self.ln_q = RMSNorm(config.hidden_size, 1e-6)
         self.mlp = nn.Sequential(nn.Linear(self.hidden_size, self.hidden_size), nn.GELU(),
                                  nn.Linear(self.hidden_size, config.out_hidden_size))
 
@@ -207,12 +193,8 @@ class VisionEncoder(nn.Module):
         are (built on the meta device: the weights are never held twice); the rotary frequencies
         are computed in fp32 as in __init__. Missing / unexpected / mis-shaped tensors raise
         ValueError listing them."""
-        from .audio_encoder import _adopt
-
         own = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
-        with torch.device("meta"):
-            model = cls(config, block_size=block_size)
-        _adopt(model, own, "vision encoder")
+        model = build_and_adopt(lambda: cls(config, block_size=block_size), own, "vision encoder")
         model.rotary_pos_emb = VisionRotaryEmbedding(config.head_dim, config.rope_theta)
         return model.eval().requires_grad_(False)
 

@@ -248,9 +248,8 @@ def _stream(pair, wav, piece_seconds, conversation="What is this sound?", **kw):
     pushed = []
     for i in range(0, len(wav), step):
         pushed.append(session.push(wav[i:i + step]))
-        if pushed[-1]:
-            assert pair.ours.engine.last_step == "chunked_prefill"  # prefilled onto the cached prefix
-            assert session.seq.num_pending == 0
+        if pushed[-1]:  # prefilled onto the cached prefix by this push
+            assert session.seq.num_computed == session.seq.num_prompt_tokens
     events = list(session.finish())
     return session, pushed, events
 

@@ -147,7 +147,7 @@ def test_batched_rows_without_seed_use_the_global_generator():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_p=-0.1), "top_p"),
     (dict(top_k=-1), "top_k"), (dict(top_k=1.5), "top_k"),
-    (dict(do_sample=True, temperature=0.0), "temperature"), (dict(do_sample=True, temperature=-1.0), "temperature"),
+    (dict(do_sample=True, temperature=-1.0), "temperature"),
     (dict(do_sample=True, temperature=float("inf")), "temperature"), (dict(temperature=float("nan")), "temperature"),
     (dict(repetition_penalty=0.0), "repetition_penalty"), (dict(repetition_penalty=-1.0), "repetition_penalty"),
     (dict(max_new_tokens=0), "max_new_tokens"), (dict(seed=-1), "seed"), (dict(seed=1.5), "seed"),
@@ -170,3 +170,24 @@ def test_param_normalisation_and_shape_errors():
         process_logits(logits, [SamplingParams(repetition_penalty=1.2)] * 2)
     with pytest.raises(ValueError, match="generators"):
         sample(logits, [SamplingParams()] * 2, [None])
+
+
+def test_temperature_zero_means_greedy():
+    p = SamplingParams(do_sample=True, temperature=0.0, top_k=5)
+    assert p.greedy and not p.do_sample
+
+
+def test_ignore_eos_and_suppressed_ids_are_checked():
+    assert SamplingParams(ignore_eos=True).ignore_eos
+    with pytest.raises(ValueError, match="ignore_eos"):
+        SamplingParams(ignore_eos=1)
+    with pytest.raises(ValueError, match="suppress_token_ids"):
+        SamplingParams(suppress_token_ids=[-1])
+
+
+def test_suppressed_ids_are_never_sampled():
+    logits = torch.zeros(2, 8)
+    logits[:, 3] = 10.0
+    params = [SamplingParams(suppress_token_ids=(3,)), SamplingParams(do_sample=True, seed=1, suppress_token_ids=(3, 99))]
+    ids = sample(logits, params, [None, make_generator(params[1], "cpu")])
+    assert 3 not in ids.tolist()

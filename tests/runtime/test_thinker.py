@@ -17,7 +17,7 @@ from omni_kernels import rope_index
 from omni_kernels.paged_kv_cache import PagedKVCache
 from omni_runtime.io import layout
 from omni_runtime.config import TextConfig
-from omni_runtime.engine.engine import KVCacheFullError, StepState, ThinkerEngine
+from omni_runtime.engine import KVCacheFullError, StepState, ThinkerEngine
 from omni_runtime.engine.sampling import SamplingParams
 from omni_runtime.models.thinker_lm import ThinkerLM
 
@@ -215,10 +215,12 @@ def test_streamed_prompt_with_embeddings_matches_one_shot(tiny):
     params = SamplingParams(max_new_tokens=32, stop_token_ids=(STOP,))
     with torch.no_grad():
         seq = engine.add_request(prompt[:4], params, prompt_complete=False, return_logits=True)
-        assert engine.step() == [] and engine.last_step == "prefill"
-        assert engine.step() == [] and engine.last_step is None  # waiting for input
+        (r,) = engine.step()
+        assert (r.seq, r.num_tokens, r.mode, r.event) == (seq, 4, "prefill", None)
+        assert engine.step() == []  # waiting for input
         engine.extend_prompt(seq, prompt[4:17], inputs_embeds=embeds[4:17])
-        assert engine.step() == [] and engine.last_step == "chunked_prefill"
+        (r,) = engine.step()
+        assert (r.num_tokens, r.mode, r.event) == (13, "chunked_prefill", None)
         engine.extend_prompt(seq, prompt[17:], inputs_embeds=embeds[17:], prompt_complete=True)
         while not seq.finished:
             engine.step()
@@ -385,7 +387,7 @@ def test_leaving_the_stream_early_aborts_and_frees(tiny):
                 break
     assert ev.seq.finish_reason == "abort" and not engine.has_unfinished
     assert engine.block_manager.num_free_blocks == engine.kv_cache.num_blocks
-    with pytest.raises(RuntimeError, match="incomplete"):
+    with pytest.raises(ValueError, match="complete prompts"):
         list(engine.generate({"prompt_ids": [1, 2, 3], "prompt_complete": False}))
     assert not engine.has_unfinished
 
@@ -408,8 +410,8 @@ def test_prefix_caching_hit_gives_same_results(tiny):
     first = _run(engine, [prompts[0]])[0]
     with torch.no_grad():
         seq = engine.add_request(prompts[1], SamplingParams(max_new_tokens=32, stop_token_ids=(STOP,)))
-        engine.step()
-        assert engine.last_step == "chunked_prefill"  # 24 cached tokens (3 blocks) were reused
+        (r,) = engine.step()
+        assert (r.mode, r.num_tokens) == ("chunked_prefill", 2)  # 24 cached tokens (3 blocks) were reused
         while not seq.finished:
             engine.step()
     assert first.output_ids == tiny.reference(prompts[0])["ids"]
