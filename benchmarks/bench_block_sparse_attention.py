@@ -35,9 +35,7 @@ from omni_kernels.block_sparse_attention import block_sparse_attention
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
 NAME = "bench_block_sparse_attention"
-LLM_HEADS = (28, 4, 128)  # thinker: q heads, kv heads, head_dim
-AUDIO_HEADS = (20, 20, 64)  # audio encoder
-VISION_HEADS = (16, 16, 80)  # vision encoder
+LLM_HEADS, AUDIO_HEADS, VISION_HEADS = common.THINKER, common.AUDIO, common.VISION
 TARGET_CASE = "segments 2048 (25%)"
 TARGET_DENSE_FRACTION = 0.35
 TARGET_FLEX_SPEEDUP = 1.2
@@ -223,7 +221,7 @@ def run_case(name, kind, heads, kw, dtype, device, timer, compile_peers, dense_c
     rec = common.case_record(name, {
         "kind": kind, "q_len": q_len, "kv_len": kv_len, "hq": heads[0], "hk": heads[1], "d": heads[2],
         "block_size": list(mask.block_size), "density": round(mask.density(), 4),
-        "dtype": str(dtype).replace("torch.", "")}, results, {
+        "dtype": common.dtype_name(dtype)}, results, {
         "ours_ms": ours_ms, "best_flex": flex_name, "best_flex_ms": flex_ms,
         "best_sdpa_masked": sdpa_name, "best_sdpa_masked_ms": sdpa_ms,
         "dense": dense_name, "dense_ms": dense_ms,
@@ -231,9 +229,6 @@ def run_case(name, kind, heads, kw, dtype, device, timer, compile_peers, dense_c
         "speedup_vs_sdpa_masked": common.ratio(sdpa_ms, ours_ms),
         "fraction_of_dense": common.ratio(ours_ms, dense_ms),
     })
-    del q, k, v, mask
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return rec
 
 
@@ -243,54 +238,32 @@ HEADERS = ["case", "Lq x Lk", "heads", "density", "ours ms", "flex ms", "vs flex
 
 def table_row(rec):
     s = rec["shape"]
-    failed = sum(1 for e in rec["results"].values() if "error" in e or e.get("mismatch"))
     return [rec["case"], f"{s['q_len']}x{s['kv_len']}", f"{s['hq']}/{s['hk']}x{s['d']}", f"{s['density']:.1%}",
             common.fmt_ms(rec["ours_ms"]), common.fmt_ms(rec["best_flex_ms"]), common.fmt_x(rec["speedup_vs_flex"]),
             common.fmt_ms(rec["best_sdpa_masked_ms"]), common.fmt_x(rec["speedup_vs_sdpa_masked"]),
-            common.fmt_ms(rec["dense_ms"]), common.fmt_x(rec["fraction_of_dense"]), failed]
+            common.fmt_ms(rec["dense_ms"]), common.fmt_x(rec["fraction_of_dense"]), common.failed(rec["results"])]
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.split("\n\n")[0], argv)
-    device = torch.device("cpu") if args.cpu else common.pick_device()
-    if device.type != "cuda":
-        print(common.no_cuda_message(NAME))
-    gpu = device.type == "cuda"
-    info = common.device_info(device)
-    dtype = common.DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if gpu else torch.float32)
-    cases = gpu_cases(args.quick) if gpu else cpu_cases(args.quick)
-    compile_peers = gpu or args.compile
+    run = common.start(NAME, common.parse_args(__doc__.split("\n\n")[0], argv))
+    device, gpu = run.device, run.gpu
+    dtype = run.dtype()
+    shapes = gpu_cases(run.args.quick) if gpu else cpu_cases(run.args.quick)
+    compile_peers = gpu or run.args.compile
     target_case = TARGET_CASE if gpu else "segments 256 (25%)"
-    timer = common.timer_for(device, args.quick)
-    budget = common.Budget(args.budget_s)
-    path = common.json_path(args, NAME, info, device)
-    payload = common.new_payload("block_sparse_attention", device, info, {
-        "dtype": str(dtype).replace("torch.", ""), "compiled_peers": compile_peers,
+    payload = common.new_payload("block_sparse_attention", device, run.info, {
+        "dtype": common.dtype_name(dtype), "compiled_peers": compile_peers,
         "flex": "torch.compile(flex_attention)" if compile_peers else "flex_attention (eager)",
         "speedup": "peer ms / ours ms (> 1: ours faster)", "fraction_of_dense": "ours ms / dense SDPA ms"})
-    print(f"[{NAME}] device: {info['name']}; torch {info['torch']}, triton {info['triton']}; "
-          f"{payload['config']['dtype']}; flex peer: {payload['config']['flex']}")
+    run.banner(f"{payload['config']['dtype']}; flex peer: {payload['config']['flex']}")
 
-    rows, dense_cache = [], {}
-    for name, kind, heads, kw in cases:
-        if budget.spent():
-            print(f"  {name}: skipped (budget of {args.budget_s:.0f} s spent)")
-            payload["cases"].append({"case": name, "skipped": "budget"})
-            continue
-        try:
-            rec = run_case(name, kind, heads, kw, dtype, device, timer, compile_peers, dense_cache)
-        except Exception as exc:  # noqa: BLE001
-            rec = {"case": name, "error": common.short_error(exc)}
-            print(f"  {name}: FAILED {rec['error']}")
-            if gpu:
-                torch.cuda.empty_cache()
-        else:
-            rows.append(table_row(rec))
-            print(f"  {name}: density {rec['shape']['density']:.1%}, ours {common.fmt_ms(rec['ours_ms'])} ms, "
-                  f"flex {common.fmt_ms(rec['best_flex_ms'])} ms, dense {common.fmt_ms(rec['dense_ms'])} ms "
-                  f"[{budget.elapsed():.0f} s]")
-        payload["cases"].append(rec)
-        common.write_json(path, payload)
+    dense_cache = {}
+    cases = [common.Case(name, functools.partial(run_case, name, kind, heads, kw, dtype, device, run.timer,
+                                                 compile_peers, dense_cache))
+             for name, kind, heads, kw in shapes]
+    rows = common.sweep(run, payload, cases, table_row, lambda rec: (
+        f"density {rec['shape']['density']:.1%}, ours {common.fmt_ms(rec['ours_ms'])} ms, "
+        f"flex {common.fmt_ms(rec['best_flex_ms'])} ms, dense {common.fmt_ms(rec['dense_ms'])} ms"))
 
     t = next((c for c in payload["cases"] if c.get("case") == target_case and "results" in c), None)
     payload["targets"] = [
@@ -301,19 +274,13 @@ def main(argv=None):
                             t and t.get("speedup_vs_flex"), ">=", TARGET_FLEX_SPEEDUP,
                             "best FlexAttention ms / ours ms"),
     ]
-    common.write_json(path, payload)
-    common.print_table(f"block_sparse_attention vs FlexAttention / SDPA ({info['name']}, {payload['config']['dtype']}; "
-                       f"flex = {payload['config']['flex']})", HEADERS, rows)
-    common.print_targets(payload["targets"], device)
-    if path:
-        print(f"\nwrote {path}")
-    return payload
+    return common.finish(run, payload, f"block_sparse_attention vs FlexAttention / SDPA ({run.info['name']}, "
+                         f"{payload['config']['dtype']}; flex = {payload['config']['flex']})", HEADERS, rows)
 
 
 # -- pytest-benchmark (CPU torch path, small shapes) -------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cpu_25pct():
+def cpu_impls(_):
     device = torch.device("cpu")
     mask, spec = build_mask("segments", device, length=512, seg_len=128)  # 4 of 16 blocks: 25%
     q, k, v = make_qkv((8, 2, 128), 512, 512, torch.float32, device)
@@ -324,13 +291,9 @@ def cpu_25pct():
     return impls
 
 
-@pytest.mark.parametrize("impl", ["omni_kernels", "flex", "sdpa+mask", "dense_sdpa"])
-def test_block_sparse_attention_cpu(benchmark, cpu_25pct, impl):
-    fn = cpu_25pct[impl]
-    if impl != "dense_sdpa":
-        assert common.rel_err(fn(), cpu_25pct["omni_kernels"]()) < 1e-4
-    benchmark.group = "block_sparse_attention segments 25% L=512 (flex eager on CPU)"
-    benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+test_block_sparse_attention_cpu = common.cpu_benchmark(
+    cpu_impls, ["omni_kernels", "flex", "sdpa+mask", "dense_sdpa"],
+    "block_sparse_attention segments 25% L=512 (flex eager on CPU)", unchecked=["dense_sdpa"])
 
 
 if __name__ == "__main__":

@@ -31,9 +31,8 @@ from omni_kernels.rotary import apply_interleaved_rope, rope_inv_freq
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
 NAME = "bench_dit_window_attention"
-B, H, D = 2, 16, 64
-BLOCK = 24
-THETA = 10000.0
+B, (H, _, D) = common.DIT_BATCH, common.DIT
+BLOCK, THETA = common.DIT_BLOCK, common.DIT_ROPE_THETA
 PATTERNS = [(0, 0), (1, 0), (0, 1)]
 TARGET_SPEEDUP = 1.5
 GPU_LENGTHS = [1024, 2048, 4096, 8192]
@@ -122,16 +121,13 @@ def run_case(name, length, back, ahead, dtype, device, timer, compiled):
     flex_only_ms = common.best(results, "flex_only")[1]
     sdpa_name, sdpa_ms = common.best(results, "sdpa_masked")
     rec = common.case_record(name, {"B": B, "H": H, "L": length, "D": D, "block_size": BLOCK, "back": back,
-                                    "ahead": ahead, "dtype": str(dtype).replace("torch.", "")}, results, {
+                                    "ahead": ahead, "dtype": common.dtype_name(dtype)}, results, {
         "ours_ms": ours_ms, "best_flex": flex_name, "best_flex_ms": flex_ms, "flex_alone_ms": flex_only_ms,
         "best_sdpa_masked": sdpa_name, "best_sdpa_masked_ms": sdpa_ms,
         "speedup_vs_flex": common.ratio(flex_ms, ours_ms),
         "speedup_vs_flex_alone": common.ratio(flex_only_ms, ours_ms),
         "speedup_vs_sdpa_masked": common.ratio(sdpa_ms, ours_ms),
     })
-    del q, k, v
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return rec
 
 
@@ -140,68 +136,48 @@ HEADERS = ["case", "ours ms", "rope+flex ms", "vs flex", "flex alone ms", "vs fl
 
 
 def table_row(rec):
-    failed = sum(1 for e in rec["results"].values() if "error" in e or e.get("mismatch"))
     speedup = rec["speedup_vs_flex"]
     met = "-" if speedup is None else ("met" if speedup >= TARGET_SPEEDUP else "NOT met")
     return [rec["case"], common.fmt_ms(rec["ours_ms"]), common.fmt_ms(rec["best_flex_ms"]), common.fmt_x(speedup),
             common.fmt_ms(rec["flex_alone_ms"]), common.fmt_x(rec["speedup_vs_flex_alone"]),
-            common.fmt_ms(rec["best_sdpa_masked_ms"]), common.fmt_x(rec["speedup_vs_sdpa_masked"]), met, failed]
+            common.fmt_ms(rec["best_sdpa_masked_ms"]), common.fmt_x(rec["speedup_vs_sdpa_masked"]), met,
+            common.failed(rec["results"])]
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.split("\n\n")[0], argv)
-    device = torch.device("cpu") if args.cpu else common.pick_device()
-    if device.type != "cuda":
-        print(common.no_cuda_message(NAME))
-    gpu = device.type == "cuda"
-    info = common.device_info(device)
-    if args.dtype:
-        dtypes = [common.DTYPES[args.dtype]]
+    run = common.start(NAME, common.parse_args(__doc__.split("\n\n")[0], argv))
+    device, gpu = run.device, run.gpu
+    if run.args.dtype:
+        dtypes = [common.DTYPES[run.args.dtype]]
     else:
         dtypes = [torch.float32, torch.bfloat16] if gpu else [torch.float32]
     lengths = GPU_LENGTHS if gpu else CPU_LENGTHS
-    if args.quick:
+    if run.args.quick:
         lengths = [lengths[0], lengths[-1]] if gpu else lengths[:1]
-    compiled = gpu or args.compile
-    timer = common.timer_for(device, args.quick)
-    budget = common.Budget(args.budget_s)
-    path = common.json_path(args, NAME, info, device)
-    payload = common.new_payload("dit_window_attention", device, info, {
-        "dtypes": [str(d).replace("torch.", "") for d in dtypes], "B": B, "H": H, "D": D, "block_size": BLOCK,
+    compiled = gpu or run.args.compile
+    payload = common.new_payload("dit_window_attention", device, run.info, {
+        "dtypes": [common.dtype_name(d) for d in dtypes], "B": B, "H": H, "D": D, "block_size": BLOCK,
         "patterns": PATTERNS, "lengths": lengths, "compiled_peers": compiled,
         "flex": "torch.compile(flex_attention)" if compiled else "flex_attention (eager)",
         "speedup": "peer ms / ours ms (> 1: ours faster)"})
-    print(f"[{NAME}] device: {info['name']}; torch {info['torch']}, triton {info['triton']}; "
-          f"B={B}, {H} heads, d={D}, block {BLOCK}; flex peer: {payload['config']['flex']}")
+    run.banner(f"B={B}, {H} heads, d={D}, block {BLOCK}; flex peer: {payload['config']['flex']}")
 
-    rows = []
-    # L outermost: if the budget runs out, both dtypes have their shorter lengths measured.
+    # L outermost: if the budget runs out, both dtypes have their shorter lengths measured; the
+    # table lists them by dtype, then length.
+    cases = []
     for length in lengths:
         for dtype in dtypes:
-            dname = str(dtype).replace("torch.", "")
+            dname = common.dtype_name(dtype)
             for back, ahead in PATTERNS:
                 name = f"{dname} L={length} back={back} ahead={ahead}"
-                if budget.spent():
-                    print(f"  {name}: skipped (budget of {args.budget_s:.0f} s spent)")
-                    payload["cases"].append({"case": name, "skipped": "budget"})
-                    continue
-                try:
-                    rec = run_case(name, length, back, ahead, dtype, device, timer, compiled)
-                except Exception as exc:  # noqa: BLE001
-                    rec = {"case": name, "error": common.short_error(exc)}
-                    print(f"  {name}: FAILED {rec['error']}")
-                    if gpu:
-                        torch.cuda.empty_cache()
-                else:
-                    rows.append((dname, length, table_row(rec)))
-                    print(f"  {name}: ours {common.fmt_ms(rec['ours_ms'])} ms, flex {common.fmt_ms(rec['best_flex_ms'])}"
-                          f" ms [{budget.elapsed():.0f} s]")
-                payload["cases"].append(rec)
-                common.write_json(path, payload)
+                cases.append(common.Case(name, functools.partial(run_case, name, length, back, ahead, dtype, device,
+                                                                 run.timer, compiled), order=(dname, length)))
+    rows = common.sweep(run, payload, cases, table_row, lambda rec: (
+        f"ours {common.fmt_ms(rec['ours_ms'])} ms, flex {common.fmt_ms(rec['best_flex_ms'])} ms"))
 
     targets = []
     for dtype in dtypes:
-        dname = str(dtype).replace("torch.", "")
+        dname = common.dtype_name(dtype)
         speedups = [c["speedup_vs_flex"] for c in payload["cases"]
                     if c.get("shape", {}).get("dtype") == dname and c.get("speedup_vs_flex") is not None]
         entry = common.target_entry(f"dit_window_attention >= 1.5x FlexAttention ({dname}, every case)",
@@ -210,20 +186,13 @@ def main(argv=None):
         entry["cases_met"] = sum(s >= TARGET_SPEEDUP for s in speedups)
         targets.append(entry)
     payload["targets"] = targets
-    common.write_json(path, payload)
-    common.print_table(f"dit_window_attention vs FlexAttention / SDPA ({info['name']}; B={B}, H={H}, d={D}, "
-                       f"block {BLOCK}; flex = {payload['config']['flex']})", HEADERS,
-                       [row for _, _, row in sorted(rows, key=lambda r: (r[0], r[1]))])
-    common.print_targets(payload["targets"], device)
-    if path:
-        print(f"\nwrote {path}")
-    return payload
+    return common.finish(run, payload, f"dit_window_attention vs FlexAttention / SDPA ({run.info['name']}; B={B}, "
+                         f"H={H}, d={D}, block {BLOCK}; flex = {payload['config']['flex']})", HEADERS, rows)
 
 
 # -- pytest-benchmark (CPU torch path, small shapes) -------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cpu_impls():
+def cpu_impls(_):
     q, k, v = make_qkv(240, torch.float32, torch.device("cpu"))
     impls = build_impls(q, k, v, 1, 0, compiled=False)
     pick = {"omni_kernels": impls[0], "flex": next(i for i in impls if i.group == "flex"),
@@ -231,12 +200,9 @@ def cpu_impls():
     return {name: impl.fn for name, impl in pick.items()}
 
 
-@pytest.mark.parametrize("impl", ["omni_kernels", "flex", "sdpa+mask"])
-def test_dit_window_attention_cpu(benchmark, cpu_impls, impl):
-    fn = cpu_impls[impl]
-    assert common.rel_err(fn(), cpu_impls["omni_kernels"]()) < 1e-4
-    benchmark.group = "dit_window_attention L=240 back=1 ahead=0 fp32 (flex eager on CPU)"
-    benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+test_dit_window_attention_cpu = common.cpu_benchmark(
+    cpu_impls, ["omni_kernels", "flex", "sdpa+mask"],
+    "dit_window_attention L=240 back=1 ahead=0 fp32 (flex eager on CPU)")
 
 
 if __name__ == "__main__":

@@ -26,17 +26,15 @@ from __future__ import annotations
 import functools
 import os
 
-import pytest
 import torch
 
 from benchmarks import common
+from benchmarks.common import fmt_gbps, fmt_ratio, fmt_us, gbps
 from omni_kernels.kv_cache_ops import copy_blocks, store_kv, swap_blocks
 from omni_kernels.reference.kv_cache_ops import copy_blocks_reference, store_kv_reference, swap_blocks_reference
 
 NAME = "bench_kv_cache_ops"
-HK, D = 4, 128  # the Thinker's kv heads and head_dim
-LAYERS = 28  # copy_blocks copies a block in every layer
-PAGES = [16, 256]
+_, HK, D = common.THINKER  # the Thinker's kv heads and head_dim
 GPU_DECODE = [1, 8, 32, 64]
 GPU_PREFILL = [1024, 4096, 16384, 32768]
 GPU_COPY = [(16, 1), (16, 16), (16, 512), (256, 1), (256, 32)]  # (page, blocks copied in every layer)
@@ -48,31 +46,10 @@ CPU_SWAP_TOKENS = [2048]
 CPU_LAYERS = 4
 LARGE_STORE_TOKENS = 16384  # "large" store_kv cases (>= 64 MiB moved) carry the bandwidth target
 TARGET_STORE_RATIO = 0.8
-GPU_COPY_BYTES = 1 << 30
-CPU_COPY_BYTES = 64 << 20
 RAW_OP = "twin op (torch.ops, unchecked)"  # the C++ twin without the wrapper's value checks (CPU)
 
 
-# -- the device's copy bandwidth ----------------------------------------------------------------------
-
-def _filled(nbytes: int, device: torch.device) -> torch.Tensor:
-    """nbytes of random bf16 (never zeros: see METHOD.md)."""
-    return torch.randn(max(1, nbytes // 2), dtype=torch.bfloat16, device=device)
-
-
-def copy_bandwidth(device: torch.device, timer, nbytes: int | None = None) -> dict:
-    """A large device-to-device `dst.copy_(src)`: {"bytes" (read + written), "ms", "gbps"}."""
-    nbytes = nbytes or (GPU_COPY_BYTES if device.type == "cuda" else CPU_COPY_BYTES)
-    src = _filled(nbytes, device)
-    dst = torch.empty_like(src)
-    ms = timer(lambda: dst.copy_(src))
-    moved = 2 * src.numel() * src.element_size()
-    del src, dst
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return {"bytes": moved, "ms": ms, "gbps": gbps(moved, ms), "how": "dst.copy_(src), contiguous, "
-            f"{nbytes >> 20} MiB each; bandwidth counts bytes read + written"}
-
+# -- peers ---------------------------------------------------------------------------------------------
 
 class SameBytesCopy:
     """Torch copy (one contiguous launch) moving the same bytes as a case: the per-size peer that
@@ -83,26 +60,10 @@ class SameBytesCopy:
 
     def ms(self, moved_bytes: int) -> float:
         if moved_bytes not in self.cache:
-            src = _filled(moved_bytes // 2, self.device)
+            src = common.filled(moved_bytes // 2, self.device)
             dst = torch.empty_like(src)
             self.cache[moved_bytes] = self.timer(lambda: dst.copy_(src))
         return self.cache[moved_bytes]
-
-
-def gbps(nbytes: float, ms: float | None) -> float | None:
-    return None if ms is None or ms <= 0 else nbytes / ms / 1e6
-
-
-def fmt_us(ms: float | None) -> str:
-    return "-" if ms is None else f"{ms * 1e3:.1f}"
-
-
-def fmt_gbps(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0f}"
-
-
-def fmt_ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
 
 
 def _time_impls(impls: dict, verify, timer, device) -> dict:
@@ -189,7 +150,7 @@ def store_case(kind, n_tokens, page, dtype, device, timer, same_bytes: SameBytes
     ours_bw = gbps(moved, ours_ms)
     return {
         "case": f"store_kv {kind} {n_tokens} tok page {page}", "op": "store_kv", "kind": kind,
-        "shape": {"tokens": n_tokens, "page": page, "hk": HK, "d": D, "dtype": str(dtype).replace("torch.", "")},
+        "shape": {"tokens": n_tokens, "page": page, "hk": HK, "d": D, "dtype": common.dtype_name(dtype)},
         "results": results, "bytes_moved": moved, "ours_ms": ours_ms, "ours_gbps": ours_bw,
         "ratio_to_copy_bw": common.ratio(ours_bw, copy_gbps),
         "same_bytes_copy_ms": same_ms, "ratio_to_same_bytes_copy": common.ratio(same_ms, ours_ms),
@@ -233,7 +194,7 @@ def copy_case(m, page, layers, dtype, device, timer, same_bytes: SameBytesCopy, 
     return {
         "case": f"copy_blocks {m} blk x {layers} layers page {page}", "op": "copy_blocks",
         "shape": {"blocks": m, "tokens": m * page, "layers": layers, "page": page, "hk": HK, "d": D,
-                  "dtype": str(dtype).replace("torch.", "")},
+                  "dtype": common.dtype_name(dtype)},
         "results": results, "bytes_moved": moved, "ours_ms": ours_ms, "ours_gbps": ours_bw,
         "ratio_to_copy_bw": common.ratio(ours_bw, copy_gbps),
         "same_bytes_copy_ms": same_ms, "ratio_to_same_bytes_copy": common.ratio(same_ms, ours_ms),
@@ -260,7 +221,7 @@ def swap_cases(tokens, page, dtype, device, timer, gen):
     block_bytes = page * HK * D * dev_cache.element_size()
     nbytes = m * block_bytes
     # "cudaMemcpy of the same bytes": one contiguous transfer between the device and pinned memory.
-    dev_buf = _filled(nbytes, device)
+    dev_buf = common.filled(nbytes, device)
     host_buf = torch.empty(dev_buf.shape, dtype=dev_buf.dtype, pin_memory=pin)
     records = []
     for direction, src_cache, dst_cache, src_idx, dst_idx, memcpy in (
@@ -297,7 +258,7 @@ def swap_cases(tokens, page, dtype, device, timer, gen):
         records.append({
             "case": f"swap_blocks {label} {m} blk page {page}", "op": "swap_blocks", "direction": direction,
             "shape": {"blocks": m, "tokens": m * page, "page": page, "hk": HK, "d": D, "pinned": pin,
-                      "dtype": str(dtype).replace("torch.", "")},
+                      "dtype": common.dtype_name(dtype)},
             "results": results, "bytes_moved": nbytes, "ours_ms": ours_ms, "ours_gbps": gbps(nbytes, ours_ms),
             "memcpy_ms": memcpy_ms, "memcpy_gbps": gbps(nbytes, memcpy_ms),
             "ratio_to_memcpy": common.ratio(memcpy_ms, ours_ms),
@@ -339,88 +300,64 @@ def targets_from(payload, pages):
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.split("\n\n")[0], argv)
-    device = torch.device("cpu") if args.cpu else common.pick_device()
-    if device.type != "cuda":
-        print(common.no_cuda_message(NAME).replace("(not the Triton kernel)", "(the C++ CPU twin)"))
+    run = common.start(NAME, common.parse_args(__doc__.split("\n\n")[0], argv),
+                       no_cuda=common.no_cuda_message(NAME).replace("(not the Triton kernel)", "(the C++ CPU twin)"))
     if os.environ.get("OMNI_KERNELS_DEBUG", "0") not in ("", "0"):
         print("warning: OMNI_KERNELS_DEBUG is on: the CUDA ops check index values with a host sync (slower)")
-    info = common.device_info(device)
-    gpu = device.type == "cuda"
-    dtype = common.DTYPES[args.dtype] if args.dtype else torch.bfloat16
+    device, gpu, timer = run.device, run.gpu, run.timer
+    dtype = run.dtype(cpu=torch.bfloat16)
     decode = GPU_DECODE if gpu else CPU_DECODE
     prefill = GPU_PREFILL if gpu else CPU_PREFILL
     copy_cases = GPU_COPY if gpu else CPU_COPY
     swap_tokens = GPU_SWAP_TOKENS if gpu else CPU_SWAP_TOKENS
-    pages = PAGES if gpu else PAGES[:1]
-    layers = LAYERS if gpu else CPU_LAYERS
-    if args.quick:
+    pages = common.PAGES if gpu else common.PAGES[:1]
+    layers = common.THINKER_LAYERS if gpu else CPU_LAYERS
+    if run.args.quick:
         decode, prefill, copy_cases, swap_tokens = [decode[0], decode[-1]], prefill[-2:], copy_cases[-1:], \
             swap_tokens[-1:]
-    timer = common.timer_for(device, args.quick)
-    budget = common.Budget(args.budget_s)
-    path = common.json_path(args, NAME, info, device)
     gen = torch.Generator(device).manual_seed(0)
 
-    copy_bw = copy_bandwidth(device, timer)
+    copy_bw = common.copy_bandwidth(device, timer)
     same_bytes = SameBytesCopy(device, timer)
-    payload = common.new_payload("kv_cache_ops", device, info, {
-        "dtype": str(dtype).replace("torch.", ""), "hk": HK, "d": D, "copy_blocks_layers": layers,
+    payload = common.new_payload("kv_cache_ops", device, run.info, {
+        "dtype": common.dtype_name(dtype), "hk": HK, "d": D, "copy_blocks_layers": layers,
         "device_copy_bandwidth": copy_bw,
         "store_kv_bytes": "K and V rows, read + written (2 * 2 * tokens * Hk * D * elsize)",
         "copy_blocks_bytes": "K and V blocks of every layer, read + written",
         "swap_blocks_bytes": "bytes transferred (one direction; compare with the memcpy of the same bytes)",
         "peers": "torch index_copy_ / index_put_ / index_select (the references); a torch copy of the same bytes",
         "debug": os.environ.get("OMNI_KERNELS_DEBUG", "0")})
-    print(f"[{NAME}] device: {info['name']}; torch {info['torch']}; {HK} kv heads x {D}, "
-          f"{payload['config']['dtype']}; device copy bandwidth {copy_bw['gbps']:.0f} GB/s "
-          f"({copy_bw['ms'] * 1e3:.0f} us for {copy_bw['bytes'] >> 20} MiB read + written)")
+    run.banner(f"{HK} kv heads x {D}, {payload['config']['dtype']}; device copy bandwidth {copy_bw['gbps']:.0f} GB/s "
+               f"({copy_bw['ms'] * 1e3:.0f} us for {copy_bw['bytes'] >> 20} MiB read + written)")
 
-    cases = [("store", kind, n, page) for kind, ns in (("decode", decode), ("prefill", prefill)) for n in ns
-             for page in pages]
-    cases += [("copy", None, m, page) for page, m in copy_cases if page in pages]
-    cases += [("swap", None, n, page) for n in swap_tokens for page in pages]
+    def run_op(op, kind, n, page):
+        if op == "store":
+            return store_case(kind, n, page, dtype, device, timer, same_bytes, copy_bw["gbps"], gen)
+        if op == "copy":
+            return copy_case(n, page, layers, dtype, device, timer, same_bytes, copy_bw["gbps"], gen)
+        return swap_cases(n, page, dtype, device, timer, gen)
+
+    ops = [("store", kind, n, page) for kind, ns in (("decode", decode), ("prefill", prefill)) for n in ns
+           for page in pages]
+    ops += [("copy", None, m, page) for page, m in copy_cases if page in pages]
+    ops += [("swap", None, n, page) for n in swap_tokens for page in pages]
     # Run order: the large prefill stores (the bandwidth target) first, so a short budget never
     # drops them; the table keeps the natural order.
-    order = {c: i for i, c in enumerate(cases)}
-    cases.sort(key=lambda c: (c[0] != "store" or c[1] != "prefill", -c[2] if c[0] == "store" else 0))
-    rows = []
-    for op, kind, n, page in cases:
-        label = f"{op} {kind or ''} {n} {'blk' if op == 'copy' else 'tok'} page {page}".replace("  ", " ")
-        if budget.spent():
-            print(f"  {label}: skipped (budget of {args.budget_s:.0f} s spent)")
-            payload["cases"].append({"case": label, "skipped": "budget"})
-            continue
-        try:
-            if op == "store":
-                recs = [store_case(kind, n, page, dtype, device, timer, same_bytes, copy_bw["gbps"], gen)]
-            elif op == "copy":
-                recs = [copy_case(n, page, layers, dtype, device, timer, same_bytes, copy_bw["gbps"], gen)]
-            else:
-                recs = swap_cases(n, page, dtype, device, timer, gen)
-        except Exception as exc:  # noqa: BLE001 -- keep the sweep going, record the failure
-            recs = [{"case": label, "error": common.short_error(exc)}]
-            print(f"  {label}: FAILED {recs[0]['error']}")
-        if gpu:
-            torch.cuda.empty_cache()
-        for j, rec in enumerate(recs):
-            if "results" in rec:
-                rows.append(((order[(op, kind, n, page)], j), table_row(rec)))
-                bad = [f"{k}: {v['error']}" for k, v in rec["results"].items() if "error" in v]
-                print(f"  {rec['case']}: ours {fmt_us(rec['ours_ms'])} us, {fmt_gbps(rec['ours_gbps'])} GB/s"
-                      f"{'; ' + '; '.join(bad) if bad else ''} [{budget.elapsed():.0f} s]")
-            payload["cases"].append(rec)
-        common.write_json(path, payload)
-    rows = [row for _, row in sorted(rows, key=lambda r: r[0])]
+    order = {o: i for i, o in enumerate(ops)}
+    ops.sort(key=lambda o: (o[0] != "store" or o[1] != "prefill", -o[2] if o[0] == "store" else 0))
+    cases = [common.Case(f"{op} {kind or ''} {n} {'blk' if op == 'copy' else 'tok'} page {page}".replace("  ", " "),
+                         functools.partial(run_op, op, kind, n, page), order=order[(op, kind, n, page)])
+             for op, kind, n, page in ops]
 
+    def summary(rec):
+        bad = [f"{k}: {v['error']}" for k, v in rec["results"].items() if "error" in v]
+        return (f"ours {fmt_us(rec['ours_ms'])} us, {fmt_gbps(rec['ours_gbps'])} GB/s"
+                f"{'; ' + '; '.join(bad) if bad else ''}")
+
+    rows = common.sweep(run, payload, cases, table_row, summary)
     payload["targets"] = targets_from(payload, pages)
-    common.write_json(path, payload)
-    common.print_table(f"paged KV-cache ops ({info['name']}, {payload['config']['dtype']}, {HK} kv heads x {D}; "
-                       f"device copy {copy_bw['gbps']:.0f} GB/s)", HEADERS, rows)
-    common.print_targets(payload["targets"], device)
-    if path:
-        print(f"\nwrote {path}")
-    return payload
+    return common.finish(run, payload, f"paged KV-cache ops ({run.info['name']}, {payload['config']['dtype']}, "
+                         f"{HK} kv heads x {D}; device copy {copy_bw['gbps']:.0f} GB/s)", HEADERS, rows)
 
 
 # -- pytest-benchmark (CPU: the C++ twin vs torch, small shapes) -------------------------------------
@@ -428,35 +365,34 @@ def main(argv=None):
 CPU = torch.device("cpu")
 
 
-def _store_inputs(kind, n, page=16, dtype=torch.bfloat16):
+def cpu_store_impls(case):
+    """store_kv of case = (kind, tokens) at page 16; check(impl): the cache, zeroed first, holds
+    exactly the rows that impl wrote."""
+    kind, n = case
+    page, dtype = 16, torch.bfloat16
     gen = torch.Generator().manual_seed(0)
     pages = -(-n // page)
     num_blocks = 2 * (n if kind == "decode" else pages) + 8
     kc, vc = _randn((num_blocks, page, HK, D), dtype, CPU, gen), _randn((num_blocks, page, HK, D), dtype, CPU, gen)
     key, value = _randn((n, HK, D), dtype, CPU, gen), _randn((n, HK, D), dtype, CPU, gen)
-    return key, value, kc, vc, store_slots(kind, n, page, num_blocks, CPU, gen)
+    slots = store_slots(kind, n, page, num_blocks, CPU, gen)
+    fns = {
+        "store_kv": lambda: store_kv(key, value, kc, vc, slots),
+        "twin_op_unchecked": lambda: torch.ops.omni_kernels.store_kv(key, value, kc, vc, slots),
+        "torch_index_copy": lambda: (kc.view(-1, HK, D).index_copy_(0, slots, key),
+                                     vc.view(-1, HK, D).index_copy_(0, slots, value)),
+        "torch_reference": lambda: store_kv_reference(key, value, kc, vc, slots),
+    }
+
+    def check(impl):
+        kc.zero_()
+        vc.zero_()
+        fns[impl]()
+        return torch.equal(kc.view(-1, HK, D)[slots], key) and torch.equal(vc.view(-1, HK, D)[slots], value)
+    return common.CpuCase(fns, check)
 
 
-STORE_IMPLS = {
-    "store_kv": lambda k, v, kc, vc, s: store_kv(k, v, kc, vc, s),
-    "twin_op_unchecked": lambda k, v, kc, vc, s: torch.ops.omni_kernels.store_kv(k, v, kc, vc, s),
-    "torch_index_copy": lambda k, v, kc, vc, s: (kc.view(-1, HK, D).index_copy_(0, s, k),
-                                                 vc.view(-1, HK, D).index_copy_(0, s, v)),
-    "torch_reference": store_kv_reference,
-}
-
-
-@pytest.mark.parametrize("impl", list(STORE_IMPLS))
-@pytest.mark.parametrize("case", [("decode", 64), ("prefill", 2048)], ids=lambda c: f"{c[0]}_{c[1]}")
-def test_store_kv_cpu(benchmark, case, impl):
-    key, value, kc, vc, slots = _store_inputs(*case)
-    STORE_IMPLS[impl](key, value, kc, vc, slots)
-    assert torch.equal(kc.view(-1, HK, D)[slots], key) and torch.equal(vc.view(-1, HK, D)[slots], value)
-    benchmark.group = f"store_kv {case[0]} {case[1]} tokens (bf16, page 16)"
-    benchmark.pedantic(STORE_IMPLS[impl], args=(key, value, kc, vc, slots), rounds=10, warmup_rounds=1)
-
-
-def _copy_inputs(m=64, page=16, layers=CPU_LAYERS):
+def _copy_inputs(m, page=16, layers=CPU_LAYERS):
     gen = torch.Generator().manual_seed(0)
     kcs = [_randn((2 * m + 4, page, HK, D), torch.bfloat16, CPU, gen) for _ in range(layers)]
     vcs = [_randn((2 * m + 4, page, HK, D), torch.bfloat16, CPU, gen) for _ in range(layers)]
@@ -464,25 +400,44 @@ def _copy_inputs(m=64, page=16, layers=CPU_LAYERS):
     return kcs, vcs, torch.stack([perm[:m], perm[m:2 * m]], 1)
 
 
-@pytest.mark.parametrize("impl", ["copy_blocks", "torch_reference"])
-def test_copy_blocks_cpu(benchmark, impl):
-    kcs, vcs, mapping = _copy_inputs()
-    fn = {"copy_blocks": copy_blocks, "torch_reference": copy_blocks_reference}[impl]
-    fn(kcs, vcs, mapping)
-    assert all(torch.equal(c[mapping[:, 1]], c[mapping[:, 0]]) for c in kcs + vcs)
-    benchmark.group = f"copy_blocks 64 blocks x {CPU_LAYERS} layers (bf16, page 16)"
-    benchmark.pedantic(fn, args=(kcs, vcs, mapping), rounds=10, warmup_rounds=1)
+def cpu_copy_impls(_):
+    """copy_blocks of 64 blocks in every layer; check(impl): destinations, overwritten first, equal
+    their sources."""
+    kcs, vcs, mapping = _copy_inputs(64)
+    fns = {"copy_blocks": lambda: copy_blocks(kcs, vcs, mapping),
+           "torch_reference": lambda: copy_blocks_reference(kcs, vcs, mapping)}
+
+    def check(impl):
+        for c in kcs + vcs:
+            c.index_fill_(0, mapping[:, 1], -7.0)
+        fns[impl]()
+        return all(torch.equal(c[mapping[:, 1]], c[mapping[:, 0]]) for c in kcs + vcs)
+    return common.CpuCase(fns, check)
 
 
-@pytest.mark.parametrize("impl", ["swap_blocks", "torch_reference"])
-def test_swap_blocks_cpu(benchmark, impl):
-    kcs, vcs, mapping = _copy_inputs(m=128, layers=1)
+def cpu_swap_impls(_):
+    """swap_blocks of 128 blocks between two CPU caches; check(impl) as for copy_blocks."""
+    kcs, vcs, mapping = _copy_inputs(128, layers=1)
     src, dst = kcs[0], vcs[0]
-    fn = {"swap_blocks": swap_blocks, "torch_reference": swap_blocks_reference}[impl]
-    fn(src, dst, mapping)
-    assert torch.equal(dst[mapping[:, 1]], src[mapping[:, 0]])
-    benchmark.group = "swap_blocks 128 blocks cpu->cpu (bf16, page 16)"
-    benchmark.pedantic(fn, args=(src, dst, mapping), rounds=10, warmup_rounds=1)
+    fns = {"swap_blocks": lambda: swap_blocks(src, dst, mapping),
+           "torch_reference": lambda: swap_blocks_reference(src, dst, mapping)}
+
+    def check(impl):
+        dst.index_fill_(0, mapping[:, 1], -7.0)
+        fns[impl]()
+        return torch.equal(dst[mapping[:, 1]], src[mapping[:, 0]])
+    return common.CpuCase(fns, check)
+
+
+test_store_kv_cpu = common.cpu_benchmark(
+    cpu_store_impls, ["store_kv", "twin_op_unchecked", "torch_index_copy", "torch_reference"],
+    "store_kv {case} tokens (bf16, page 16)", {"decode_64": ("decode", 64), "prefill_2048": ("prefill", 2048)},
+    rounds=10)
+test_copy_blocks_cpu = common.cpu_benchmark(
+    cpu_copy_impls, ["copy_blocks", "torch_reference"], f"copy_blocks 64 blocks x {CPU_LAYERS} layers (bf16, page 16)",
+    rounds=10)
+test_swap_blocks_cpu = common.cpu_benchmark(
+    cpu_swap_impls, ["swap_blocks", "torch_reference"], "swap_blocks 128 blocks cpu->cpu (bf16, page 16)", rounds=10)
 
 
 if __name__ == "__main__":

@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import functools
 
-import pytest
 import torch
 
 from benchmarks import common
-from benchmarks.bench_kv_cache_ops import copy_bandwidth, fmt_gbps, fmt_ratio, fmt_us, gbps
-from benchmarks.common import Impl
+from benchmarks.common import Impl, fmt_gbps, fmt_ratio, fmt_us, gbps
 from omni_kernels import paged_decode_attention
 from omni_kernels.kernels.paged_decode_attention import pick_num_splits
 from omni_kernels.paged_attention import sm_count
 
 NAME = "bench_paged_decode_attention"
-HQ, HK, D = 28, 4, 128
+HQ, HK, D = common.THINKER
 GPU_CONTEXTS = [1024, 4096, 16384, 32768]
 GPU_BATCHES = [1, 8, 32, 64]
-PAGES = [16, 256]
 GPU_VARLEN = (32, 1024, 32768, 16)  # batch, shortest, longest, page: uniform random lengths
 CPU_CONTEXTS = [256, 1024]
 CPU_BATCHES = [1, 4]
@@ -146,37 +143,34 @@ def run_case(name, lengths, page, dtype, device, timer, copy_gbps):
     record = common.case_record(name, {
         "batch": len(lengths), "context": longest, "lengths": lengths if masked else None,
         "tokens": sum(lengths), "page": page, "hq": HQ, "hk": HK, "d": D,
-        "dtype": str(dtype).replace("torch.", "")}, results, {
+        "dtype": common.dtype_name(dtype)}, results, {
         "kv_bytes": nbytes, "ours_ms": ours_ms, "ours_gbps": ours_bw,
         "ratio_to_copy_bw": common.ratio(ours_bw, copy_gbps),
         "num_splits": pick_num_splits(len(lengths), HK, HQ // HK, longest, sm_count(device)),
         "best_peer": peer, "best_peer_ms": peer_ms, "speedup_vs_gather_sdpa": common.ratio(peer_ms, ours_ms),
         "sdpa_only_ms": attn_ms, "speedup_vs_sdpa_only": common.ratio(attn_ms, ours_ms),
     })
-    del q, kc, vc, tables, seq_lens, reference
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return record
 
 
-def fits_memory(lengths, dtype, device) -> tuple[bool, str]:
-    """Cache + one gathered copy inside the peer + one pre-gathered copy for the SDPA-only timing."""
+def memory_problem(lengths, dtype, device) -> str | None:
+    """Cache + one gathered copy inside the peer + one pre-gathered copy for the SDPA-only timing:
+    why that does not fit the GPU's free memory, or None."""
     if device.type != "cuda":
-        return True, ""
+        return None
     need = 3 * kv_bytes(lengths, dtype) + (256 << 20)
     free, _ = torch.cuda.mem_get_info(device)
     if need > 0.9 * free:
-        return False, f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
-    return True, ""
+        return f"memory: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+    return None
 
 
 def table_row(rec):
-    errors = [n for n, e in rec["results"].items() if "error" in e or e.get("mismatch")]
     return [rec["case"], f"{rec['kv_bytes'] / 2**20:.0f}", rec["num_splits"], fmt_us(rec["ours_ms"]),
             fmt_gbps(rec["ours_gbps"]), fmt_ratio(rec["ratio_to_copy_bw"]),
-            f"{fmt_us(rec['best_peer_ms'])} {rec['best_peer'] or ''}".strip(),
+            common.fmt_named(rec["best_peer_ms"], rec["best_peer"], fmt_us),
             common.fmt_x(rec["speedup_vs_gather_sdpa"]), fmt_us(rec["sdpa_only_ms"]),
-            common.fmt_x(rec["speedup_vs_sdpa_only"]), len(errors)]
+            common.fmt_x(rec["speedup_vs_sdpa_only"]), common.failed(rec["results"])]
 
 
 HEADERS = ["case", "K+V MiB", "splits", "ours us", "ours GB/s", "/ copy BW", "best gather+SDPA us (variant)",
@@ -202,74 +196,45 @@ def targets_from(payload, pages):
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.split("\n\n")[0], argv)
-    device = torch.device("cpu") if args.cpu else common.pick_device()
-    if device.type != "cuda":
-        print(common.no_cuda_message(NAME))
-    info = common.device_info(device)
-    gpu = device.type == "cuda"
-    dtype = common.DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if gpu else torch.float32)
+    run = common.start(NAME, common.parse_args(__doc__.split("\n\n")[0], argv))
+    device, gpu = run.device, run.gpu
+    dtype = run.dtype()
     contexts = GPU_CONTEXTS if gpu else CPU_CONTEXTS
     batches = GPU_BATCHES if gpu else CPU_BATCHES
-    pages = PAGES if gpu else PAGES[:1]
+    pages = common.PAGES if gpu else common.PAGES[:1]
     varlen = GPU_VARLEN if gpu else CPU_VARLEN
-    if args.quick:
+    if run.args.quick:
         contexts, batches = [contexts[0], contexts[-1]], [batches[0], batches[-1]]
-    timer = common.timer_for(device, args.quick)
-    budget = common.Budget(args.budget_s)
-    path = common.json_path(args, NAME, info, device)
-    copy_bw = copy_bandwidth(device, timer)
-    payload = common.new_payload("paged_decode_attention", device, info, {
-        "dtype": str(dtype).replace("torch.", ""), "hq": HQ, "hk": HK, "d": D, "device_copy_bandwidth": copy_bw,
+    copy_bw = common.copy_bandwidth(device, run.timer)
+    payload = common.new_payload("paged_decode_attention", device, run.info, {
+        "dtype": common.dtype_name(dtype), "hq": HQ, "hk": HK, "d": D, "device_copy_bandwidth": copy_bw,
         "bytes": "K+V read once: 2 * sum(seq_lens) * Hk * D * elsize",
         "peer": "gather K/V through the block table (torch indexing) + best torch SDPA variant (one query token)",
         "speedup": "best peer ms / ours ms (> 1: ours faster)"})
-    print(f"[{NAME}] device: {info['name']}; torch {info['torch']}, triton {info['triton']}; {HQ}/{HK} heads, "
-          f"d={D}, {payload['config']['dtype']}; device copy bandwidth {copy_bw['gbps']:.0f} GB/s")
+    run.banner(f"{HQ}/{HK} heads, d={D}, {payload['config']['dtype']}; device copy bandwidth "
+               f"{copy_bw['gbps']:.0f} GB/s")
 
-    cases = [(f"B={b} L={ctx} page {page}", [ctx] * b, page) for ctx in contexts for b in batches for page in pages]
+    shapes = [(f"B={b} L={ctx} page {page}", [ctx] * b, page) for ctx in contexts for b in batches for page in pages]
     vb, lo, hi, vpage = varlen
     gen = torch.Generator().manual_seed(1)
     mixed = torch.randint(lo, hi + 1, (vb,), generator=gen).tolist()
-    cases.append((f"B={vb} L={lo}..{hi} mixed page {vpage}", mixed, vpage))
+    shapes.append((f"B={vb} L={lo}..{hi} mixed page {vpage}", mixed, vpage))
     # Largest K+V first: the cases that carry the bandwidth target are measured before the budget
     # can run out; the table lists them by context, batch, page.
-    order = {case: i for i, (case, _, _) in enumerate(cases)}
-    cases.sort(key=lambda c: -kv_bytes(c[1], dtype))
-    rows = []
-    for case, lengths, page in cases:
-        if budget.spent():
-            print(f"  {case}: skipped (budget of {args.budget_s:.0f} s spent)")
-            payload["cases"].append({"case": case, "skipped": "budget"})
-            continue
-        fits, why = fits_memory(lengths, dtype, device)
-        if not fits:
-            print(f"  {case}: skipped (memory: {why})")
-            payload["cases"].append({"case": case, "skipped": f"memory: {why}"})
-            continue
-        try:
-            rec = run_case(case, lengths, page, dtype, device, timer, copy_bw["gbps"])
-        except Exception as exc:  # noqa: BLE001 -- keep the sweep going, record the failure
-            rec = {"case": case, "error": common.short_error(exc)}
-            print(f"  {case}: FAILED {rec['error']}")
-            if gpu:
-                torch.cuda.empty_cache()
-        else:
-            rows.append((order[case], table_row(rec)))
-            print(f"  {case}: ours {fmt_us(rec['ours_ms'])} us ({fmt_gbps(rec['ours_gbps'])} GB/s), best peer "
-                  f"{fmt_us(rec['best_peer_ms'])} us ({rec['best_peer']}) [{budget.elapsed():.0f} s]")
-        payload["cases"].append(rec)
-        common.write_json(path, payload)
-    rows = [row for _, row in sorted(rows, key=lambda r: r[0])]
+    order = {case: i for i, (case, _, _) in enumerate(shapes)}
+    shapes.sort(key=lambda s: -kv_bytes(s[1], dtype))
+    cases = [common.Case(case, functools.partial(run_case, case, lengths, page, dtype, device, run.timer,
+                                                 copy_bw["gbps"]), order=order[case],
+                         skip=functools.partial(memory_problem, lengths, dtype, device))
+             for case, lengths, page in shapes]
+    rows = common.sweep(run, payload, cases, table_row, lambda rec: (
+        f"ours {fmt_us(rec['ours_ms'])} us ({fmt_gbps(rec['ours_gbps'])} GB/s), best peer "
+        f"{fmt_us(rec['best_peer_ms'])} us ({rec['best_peer']})"))
 
     payload["targets"] = targets_from(payload, pages)
-    common.write_json(path, payload)
-    common.print_table(f"paged_decode_attention vs gather+SDPA ({info['name']}, {payload['config']['dtype']}, "
-                       f"{HQ}/{HK} heads, d={D}; device copy {copy_bw['gbps']:.0f} GB/s)", HEADERS, rows)
-    common.print_targets(payload["targets"], device)
-    if path:
-        print(f"\nwrote {path}")
-    return payload
+    return common.finish(run, payload, f"paged_decode_attention vs gather+SDPA ({run.info['name']}, "
+                         f"{payload['config']['dtype']}, {HQ}/{HK} heads, d={D}; device copy "
+                         f"{copy_bw['gbps']:.0f} GB/s)", HEADERS, rows)
 
 
 # -- pytest-benchmark (CPU torch path, small shapes) -------------------------------------------------
@@ -277,24 +242,18 @@ def main(argv=None):
 PYTEST_CASES = {"B4_L512_page16": ([512] * 4, 16), "mixed_B4_page16": ([17, 300, 1000, 600], 16)}
 
 
-@pytest.fixture(scope="module", params=list(PYTEST_CASES))
-def cpu_case(request):
-    lengths, page = PYTEST_CASES[request.param]
+def cpu_impls(case):
+    lengths, page = case
     q, kc, vc, tables, seq_lens = make_inputs(lengths, page, torch.float32, torch.device("cpu"))
     peer, _, _ = gather_sdpa_fn(q, kc, vc, tables, seq_lens, None, True)
-    impls = {
+    return {
         "omni_kernels": lambda: paged_decode_attention(q, kc, vc, tables, seq_lens, max_seq_len=max(lengths)),
         "gather+sdpa": peer,
     }
-    return request.param, impls
 
 
-@pytest.mark.parametrize("impl", ["omni_kernels", "gather+sdpa"])
-def test_paged_decode_attention_cpu(benchmark, cpu_case, impl):
-    case, impls = cpu_case
-    assert common.rel_err(impls[impl](), impls["omni_kernels"]()) < 1e-4
-    benchmark.group = f"paged_decode_attention {case}"
-    benchmark.pedantic(impls[impl], rounds=5, warmup_rounds=1)
+test_paged_decode_attention_cpu = common.cpu_benchmark(
+    cpu_impls, ["omni_kernels", "gather+sdpa"], "paged_decode_attention {case}", PYTEST_CASES)
 
 
 if __name__ == "__main__":

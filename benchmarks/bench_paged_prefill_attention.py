@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 
-import pytest
 import torch
 
 from benchmarks import common
@@ -28,10 +27,8 @@ from omni_kernels import paged_prefill_attention
 from omni_kernels.rotary import apply_rotate_half, mrope_cos_sin, rope_inv_freq
 
 NAME = "bench_paged_prefill_attention"
-HQ, HK, D = 28, 4, 128
-SECTION = (16, 24, 24)
-THETA = 1e6
-PAGES = [16, 256]
+HQ, HK, D = common.THINKER
+SECTION, THETA = common.MROPE_SECTION, common.ROPE_THETA
 GPU_CHUNK = 2048
 GPU_PREFIXES = [0, 2048, 8192, 30720]
 CPU_CHUNK = 256
@@ -170,25 +167,21 @@ def run_case(name, prefix, chunk, page, dtype, device, timer, quick):
     attn_ms = results.get(attn_name, {}).get("ms") if attn_name else None
     work = flops(prefix, chunk)
     record = common.case_record(name, {"prefix": prefix, "chunk": chunk, "page": page, "hq": HQ, "hk": HK, "d": D,
-                                       "dtype": str(dtype).replace("torch.", "")}, results, {
+                                       "dtype": common.dtype_name(dtype)}, results, {
         "flops": work, "ours_ms": ours_ms, "ours_tflops": None if not ours_ms else work / ours_ms / 1e9,
         "best_peer": peer, "best_peer_ms": peer_ms, "speedup_vs_peer": common.ratio(peer_ms, ours_ms),
         "sdpa_only_ms": attn_ms, "speedup_vs_sdpa_only": common.ratio(attn_ms, ours_ms),
     })
-    del q, kc, vc, reference
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return record
 
 
 def table_row(rec):
-    errors = [n for n, e in rec["results"].items() if "error" in e or e.get("mismatch")]
     tflops = rec["ours_tflops"]
     tflops_text = "-" if tflops is None else (f"{tflops:.0f}" if tflops >= 10 else f"{tflops:.3f}")
     return [rec["case"], common.fmt_ms(rec["ours_ms"]), tflops_text,
-            f"{common.fmt_ms(rec['best_peer_ms'])} {rec['best_peer'] or ''}".strip(),
+            common.fmt_named(rec["best_peer_ms"], rec["best_peer"]),
             common.fmt_x(rec["speedup_vs_peer"]), common.fmt_ms(rec["sdpa_only_ms"]),
-            common.fmt_x(rec["speedup_vs_sdpa_only"]), len(errors)]
+            common.fmt_x(rec["speedup_vs_sdpa_only"]), common.failed(rec["results"])]
 
 
 HEADERS = ["case", "ours ms", "ours TFLOP/s", "best rope+gather+SDPA ms (variant)", "speedup", "SDPA alone ms",
@@ -196,67 +189,41 @@ HEADERS = ["case", "ours ms", "ours TFLOP/s", "best rope+gather+SDPA ms (variant
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.split("\n\n")[0], argv)
-    device = torch.device("cpu") if args.cpu else common.pick_device()
-    if device.type != "cuda":
-        print(common.no_cuda_message(NAME))
-    info = common.device_info(device)
-    gpu = device.type == "cuda"
-    dtype = common.DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if gpu else torch.float32)
+    run = common.start(NAME, common.parse_args(__doc__.split("\n\n")[0], argv))
+    device, gpu = run.device, run.gpu
+    dtype = run.dtype()
     chunk = GPU_CHUNK if gpu else CPU_CHUNK
     prefixes = GPU_PREFIXES if gpu else CPU_PREFIXES
-    pages = PAGES if gpu else PAGES[:1]
-    if args.quick:
+    pages = common.PAGES if gpu else common.PAGES[:1]
+    if run.args.quick:
         prefixes = [prefixes[0], prefixes[-1]]
-    timer = common.timer_for(device, args.quick)
-    budget = common.Budget(args.budget_s)
-    path = common.json_path(args, NAME, info, device)
-    payload = common.new_payload("paged_prefill_attention", device, info, {
-        "dtype": str(dtype).replace("torch.", ""), "hq": HQ, "hk": HK, "d": D, "mrope_section": list(SECTION),
+    payload = common.new_payload("paged_prefill_attention", device, run.info, {
+        "dtype": common.dtype_name(dtype), "hq": HQ, "hk": HK, "d": D, "mrope_section": list(SECTION),
         "rope_theta": THETA, "chunk": chunk,
         "peer": "rope on q (eager) + gather K/V through the block table + best torch SDPA variant "
                 "(causal_lower_right bias / bool mask / is_causal; enable_gqa / repeat_kv)",
         "flops": "4 * Hq * D * visible (query, key) pairs",
         "speedup": "best peer ms / ours ms (> 1: ours faster)"})
-    print(f"[{NAME}] device: {info['name']}; torch {info['torch']}, triton {info['triton']}; {HQ}/{HK} heads, "
-          f"d={D}, {payload['config']['dtype']}; chunk {chunk}")
+    run.banner(f"{HQ}/{HK} heads, d={D}, {payload['config']['dtype']}; chunk {chunk}")
 
-    rows = []
+    cases = []
     for prefix in sorted(prefixes, reverse=True):  # the long prefixes (the target) first
         for page in pages:
             case = f"chunk {chunk} over prefix {prefix} page {page}"
-            if budget.spent():
-                print(f"  {case}: skipped (budget of {args.budget_s:.0f} s spent)")
-                payload["cases"].append({"case": case, "skipped": "budget"})
-                continue
-            try:
-                rec = run_case(case, prefix, chunk, page, dtype, device, timer, args.quick)
-            except Exception as exc:  # noqa: BLE001 -- keep the sweep going, record the failure
-                rec = {"case": case, "error": common.short_error(exc)}
-                print(f"  {case}: FAILED {rec['error']}")
-                if gpu:
-                    torch.cuda.empty_cache()
-            else:
-                rows.append((prefix, page, table_row(rec)))
-                print(f"  {case}: ours {common.fmt_ms(rec['ours_ms'])} ms, best peer "
-                      f"{common.fmt_ms(rec['best_peer_ms'])} ms ({rec['best_peer']}) [{budget.elapsed():.0f} s]")
-            payload["cases"].append(rec)
-            common.write_json(path, payload)
+            cases.append(common.Case(case, functools.partial(run_case, case, prefix, chunk, page, dtype, device,
+                                                             run.timer, run.args.quick), order=(prefix, page)))
+    rows = common.sweep(run, payload, cases, table_row, lambda rec: (
+        f"ours {common.fmt_ms(rec['ours_ms'])} ms, best peer {common.fmt_ms(rec['best_peer_ms'])} ms "
+        f"({rec['best_peer']})"))
 
-    rows = [row for _, _, row in sorted(rows, key=lambda r: r[:2])]
     big = [c for c in payload["cases"] if "results" in c and c["shape"]["prefix"] >= TARGET_MIN_PREFIX
            and c.get("speedup_vs_peer") is not None]
     payload["targets"] = [common.target_entry(
         "paged prefill not slower than gather+rope+SDPA (this benchmark's own bar)",
         f"prefix >= {TARGET_MIN_PREFIX} ({len(big)} cases)", min((c["speedup_vs_peer"] for c in big), default=None),
         ">=", TARGET_SPEEDUP, "min over cases of best rope+gather+SDPA ms / ours ms")]
-    common.write_json(path, payload)
-    common.print_table(f"paged_prefill_attention vs rope + gather + SDPA ({info['name']}, "
-                       f"{payload['config']['dtype']}, {HQ}/{HK} heads, d={D})", HEADERS, rows)
-    common.print_targets(payload["targets"], device)
-    if path:
-        print(f"\nwrote {path}")
-    return payload
+    return common.finish(run, payload, f"paged_prefill_attention vs rope + gather + SDPA ({run.info['name']}, "
+                         f"{payload['config']['dtype']}, {HQ}/{HK} heads, d={D})", HEADERS, rows)
 
 
 # -- pytest-benchmark (CPU torch path, small shapes) -------------------------------------------------
@@ -264,26 +231,20 @@ def main(argv=None):
 PYTEST_CASES = {"chunk128_prefix384_page16": (384, 128, 16)}
 
 
-@pytest.fixture(scope="module", params=list(PYTEST_CASES))
-def cpu_case(request):
-    prefix, chunk, page = PYTEST_CASES[request.param]
+def cpu_impls(case):
+    prefix, chunk, page = case
     q, positions, kc, vc, tables, cu, seq_lens = make_inputs(prefix, chunk, page, torch.float32, torch.device("cpu"))
     peer, _, _ = peer_fns(q, positions, kc, vc, tables, prefix + chunk, "bool_mask", None, True)
-    impls = {
+    return {
         "omni_kernels": lambda: paged_prefill_attention(q, positions, kc, vc, tables, cu, seq_lens,
                                                         mrope_section=list(SECTION), rope_theta=THETA,
                                                         max_seqlen_q=chunk),
         "rope+gather+sdpa": peer,
     }
-    return request.param, impls
 
 
-@pytest.mark.parametrize("impl", ["omni_kernels", "rope+gather+sdpa"])
-def test_paged_prefill_attention_cpu(benchmark, cpu_case, impl):
-    case, impls = cpu_case
-    assert common.rel_err(impls[impl](), impls["omni_kernels"]()) < 1e-4
-    benchmark.group = f"paged_prefill_attention {case}"
-    benchmark.pedantic(impls[impl], rounds=5, warmup_rounds=1)
+test_paged_prefill_attention_cpu = common.cpu_benchmark(
+    cpu_impls, ["omni_kernels", "rope+gather+sdpa"], "paged_prefill_attention {case}", PYTEST_CASES)
 
 
 if __name__ == "__main__":

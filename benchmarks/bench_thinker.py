@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import statistics
 import tempfile
@@ -38,7 +39,6 @@ import time
 import warnings
 from pathlib import Path
 
-import pytest
 import torch
 
 from benchmarks import common
@@ -55,7 +55,7 @@ OURS, HF = "omni_runtime.ThinkerEngine", "transformers.generate"
 
 # -- models ---------------------------------------------------------------------------------------
 
-def _quiet_transformers():
+def quiet_transformers():
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -67,20 +67,70 @@ def _quiet_transformers():
 
 def load_ours(checkpoint: Path, device: torch.device, dtype: torch.dtype, max_model_len: int,
               max_batched_tokens: int, max_num_seqs: int):
-    from omni_runtime.io.checkpoint import open_checkpoint
-    from omni_runtime.engine.engine import ThinkerEngine
-    from omni_runtime.models.thinker_lm import ThinkerLM
+    from omni_runtime.engine import Engine
 
-    ckpt = open_checkpoint(checkpoint)
-    model = ThinkerLM.from_checkpoint(ckpt, device=device, dtype=dtype)
+    ckpt, model = load_lm(checkpoint, device, dtype)
     limit = model.config.max_position_embeddings
-    engine = ThinkerEngine(model, max_num_seqs=max_num_seqs, max_model_len=min(max_model_len, limit),
-                           max_num_batched_tokens=max_batched_tokens)
+    engine = Engine(model, max_num_seqs=max_num_seqs, max_model_len=min(max_model_len, limit),
+                    max_num_batched_tokens=max_batched_tokens)
     return ckpt, engine
 
 
+def load_lm(checkpoint: Path, device: torch.device, dtype: torch.dtype):
+    """(opened checkpoint, our ThinkerLM on device in dtype)."""
+    from omni_runtime.io.checkpoint import open_checkpoint
+    from omni_runtime.models.thinker_lm import ThinkerLM
+
+    ckpt = open_checkpoint(checkpoint)
+    return ckpt, ThinkerLM.from_checkpoint(ckpt, device=device, dtype=dtype)
+
+
+def checkpoint_dir(args: argparse.Namespace, stack: contextlib.ExitStack, prefix: str) -> tuple[Path, str]:
+    """(directory, description): --checkpoint, else a tiny checkpoint (--preset, --seed) written
+    into a temporary directory that lives as long as `stack`."""
+    if args.checkpoint:
+        return Path(args.checkpoint), str(args.checkpoint)
+    from omni_runtime.io.tiny_checkpoint import NOTE, write_tiny_checkpoint
+
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
+    directory = write_tiny_checkpoint(Path(tmp) / "ckpt", seed=args.seed, preset=args.preset)
+    return directory, f"write_tiny_checkpoint(preset={args.preset!r}, seed={args.seed}) ({NOTE})"
+
+
+def model_config(checkpoint: Path) -> dict:
+    """The Thinker text model's shape, for the JSON and the banner."""
+    from omni_runtime.io.checkpoint import open_checkpoint
+
+    text = open_checkpoint(checkpoint).config.thinker_config.text_config
+    cfg = {k: getattr(text, k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
+                                         "num_attention_heads", "num_key_value_heads", "vocab_size")}
+    cfg.update(head_dim=text.dim_per_head, mrope_section=list(text.mrope_section), rope_theta=float(text.rope_theta))
+    return cfg
+
+
+def describe_model(cfg: dict) -> str:
+    return (f"thinker {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, {cfg['num_attention_heads']}/"
+            f"{cfg['num_key_value_heads']} heads, head_dim {cfg['head_dim']}")
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint directory (official layout); default: a random 7b-ratios one in a temp dir")
+    p.add_argument("--preset", default="7b-ratios", help="tiny checkpoint preset when --checkpoint is not given")
+    p.add_argument("--seed", type=int, default=0, help="tiny checkpoint seed")
+
+
+def eos_outside_vocab(ckpt) -> tuple[int, int]:
+    """(pad id, eos id) for transformers' generate: the checkpoint's pad id when it has one in the
+    vocabulary (else 0), and an eos id outside the vocabulary so that it is never generated."""
+    thinker = ckpt.config.thinker_config
+    vocab = thinker.text_config.vocab_size
+    pad = (getattr(thinker, "extra", None) or {}).get("pad_token_id")
+    return (pad if isinstance(pad, int) and 0 <= pad < vocab else 0), vocab
+
+
 def load_transformers(checkpoint: Path, device: torch.device, dtype: torch.dtype):
-    transformers = _quiet_transformers()
+    transformers = quiet_transformers()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = transformers.Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
@@ -130,7 +180,7 @@ class _StepClock:
 
 def run_ours(engine, prompts, new_tokens: int):
     """(ids per row, t_first_token - t0, t_last_token - t_first_token) for one generate call."""
-    from omni_runtime.engine.sampling import SamplingParams
+    from omni_runtime.engine import SamplingParams
 
     params = SamplingParams(max_new_tokens=new_tokens, do_sample=False)  # no stop ids: always new_tokens
     common.synchronize(engine.device)
@@ -243,8 +293,9 @@ def decode_case(ctx, batch: int, lengths, new_tokens: int) -> dict:
     return rec
 
 
-def run_dtype(args, checkpoint: Path, device, dtype, budget, payload, path, rows) -> None:
-    dtype_name = next(n for n, d in common.DTYPES.items() if d == dtype)
+def run_dtype(run: common.Run, checkpoint: Path, dtype_name: str, payload, rows) -> None:
+    args, device, budget = run.args, run.device, run.budget
+    dtype = common.DTYPES[dtype_name]
     prefill_lens = args.prompt_lens
     decode_batches = {b: DECODE_BATCHES[b] for b in args.batches}
     max_len = max(prefill_lens + [n for ls in decode_batches.values() for n in ls]) + args.new_tokens + 16
@@ -256,40 +307,28 @@ def run_dtype(args, checkpoint: Path, device, dtype, budget, payload, path, rows
     t0 = time.perf_counter()
     hf = load_transformers(checkpoint, device, dtype)
     t_hf = time.perf_counter() - t0
-    thinker = ckpt.config.thinker_config
-    vocab = thinker.text_config.vocab_size
-    pad = (getattr(thinker, "extra", None) or {}).get("pad_token_id")
-    ctx = {"engine": engine, "hf": hf, "limit": text_id_limit(ckpt), "dtype_name": dtype_name,
-           "pad": pad if isinstance(pad, int) and 0 <= pad < vocab else 0,
-           "eos": vocab,  # outside the vocabulary: never generated
-           "reps": args.reps, "max_s": args.max_s}
+    pad, eos = eos_outside_vocab(ckpt)
+    ctx = {"engine": engine, "hf": hf, "limit": text_id_limit(ckpt), "dtype_name": dtype_name, "pad": pad,
+           "eos": eos, "reps": args.reps, "max_s": args.max_s}
     payload["loads"].append({"dtype": dtype_name, "ours_load_s": t_ours, "transformers_load_s": t_hf,
                              "kv_cache_blocks": engine.kv_cache.num_blocks, "block_size": engine.block_size})
     print(f"  {dtype_name}: loaded ours in {t_ours:.1f} s, transformers in {t_hf:.1f} s "
           f"[{budget.elapsed():.0f} s]")
 
-    cases = [("prefill", n, None) for n in prefill_lens] + [("decode", b, ls) for b, ls in decode_batches.items()]
-    for kind, n, lengths in cases:
-        label = f"{'decode B=' if kind == 'decode' else 'prefill L='}{n} {dtype_name}"
-        if budget.spent():
-            print(f"  {label}: skipped (budget of {args.budget_s:.0f} s spent)")
-            payload["cases"].append({"case": label, "dtype": dtype_name, "skipped": "budget"})
-            continue
-        try:
-            rec = decode_case(ctx, n, lengths, args.new_tokens) if kind == "decode" else prefill_case(ctx, n)
-        except Exception as exc:  # noqa: BLE001 -- keep the sweep going
-            rec = {"case": label, "dtype": dtype_name, "error": common.short_error(exc)}
-            print(f"  {label}: FAILED {rec['error']}")
-        else:
-            rows.append(table_row(rec))
-            match = rec.get("ids", {}).get("identical")
-            print(f"  {label}: ours {common.fmt_ms(rec['ours_ms'])} ms, transformers "
-                  f"{common.fmt_ms(rec['transformers_ms'])} ms, speedup {common.fmt_x(rec['speedup'])}"
-                  f"{'' if match is None else f', ids identical: {match}'} [{budget.elapsed():.0f} s]")
-        payload["cases"].append(rec)
-        common.write_json(path, payload)
+    tags = {"dtype": dtype_name}
+    cases = [common.Case(f"prefill L={n} {dtype_name}", functools.partial(prefill_case, ctx, n), tags=tags)
+             for n in prefill_lens]
+    cases += [common.Case(f"decode B={b} {dtype_name}", functools.partial(decode_case, ctx, b, ls, args.new_tokens),
+                          tags=tags) for b, ls in decode_batches.items()]
+
+    def summary(rec):
+        match = rec.get("ids", {}).get("identical")
+        return (f"ours {common.fmt_ms(rec['ours_ms'])} ms, transformers {common.fmt_ms(rec['transformers_ms'])} ms, "
+                f"speedup {common.fmt_x(rec['speedup'])}{'' if match is None else f', ids identical: {match}'}")
+
+    rows.extend(common.sweep(run, payload, cases, table_row, summary))
     del engine, hf, ctx
-    if device.type == "cuda":
+    if run.gpu:
         torch.cuda.empty_cache()
 
 
@@ -321,24 +360,12 @@ HEADERS = ["case", "dtype", "batch", "prompt", "time", "ours ms", "transformers 
 # -- command line ---------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint directory (official layout); default: a random 7b-ratios one in a temp dir")
-    p.add_argument("--preset", default="7b-ratios", help="tiny checkpoint preset when --checkpoint is not given")
-    p.add_argument("--seed", type=int, default=0, help="tiny checkpoint seed")
-    p.add_argument("--out", default=None,
-                   help="JSON path (file.json) or directory. Default on a GPU: benchmarks/results/<device-slug>/; "
-                        "on CPU nothing is written unless --out is given.")
-    p.add_argument("--no-json", action="store_true", help="do not write JSON")
-    p.add_argument("--quick", action="store_true", help="prompts 128/512 only, fewer repeats")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="stop starting new cases after this many seconds (results so far are kept)")
-    p.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is available")
-    p.add_argument("--dtype", default=None,
-                   help="comma-separated dtypes (fp32, bf16, fp16); default fp32 on CPU, bf16,fp32 on a GPU")
-    p.add_argument("--prompt-lens", type=lambda s: [int(x) for x in s.split(",")], default=None,
+    p = common.parser(__doc__.split("\n\n")[0], compile_flag=False, dtype_list=True,
+                      quick_help="prompts 128/512 only, fewer repeats")
+    add_checkpoint_args(p)
+    p.add_argument("--prompt-lens", type=common.int_list, default=None,
                    help=f"prefill prompt lengths (default {','.join(map(str, PREFILL_LENS))})")
-    p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4],
+    p.add_argument("--batches", type=common.int_list, default=[1, 4],
                    help=f"decode batches, from {sorted(DECODE_BATCHES)}")
     p.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="decode tokens per row")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
@@ -357,46 +384,24 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cpu") if args.cpu else common.pick_device()
-    gpu = device.type == "cuda"
-    if not gpu:
-        print(f"[{NAME}] CUDA is not available: timing the CPU torch path of our ops against transformers "
-              f"on CPU. GPU numbers come from `bash benchmarks/run_gpu.sh` on a CUDA machine.")
-    names = args.dtype.split(",") if args.dtype else (["bf16", "fp32"] if gpu else ["fp32"])
-    unknown = [n for n in names if n not in common.DTYPES]
-    if unknown:
-        raise SystemExit(f"unknown dtype(s) {unknown}; choose from {sorted(common.DTYPES)}")
-    dtypes = [common.DTYPES[n] for n in names]
+    run = common.start(NAME, args, no_cuda=(
+        f"[{NAME}] CUDA is not available: timing the CPU torch path of our ops against transformers "
+        f"on CPU. GPU numbers come from `bash benchmarks/run_gpu.sh` on a CUDA machine."))
+    # After start(): importing transformers counts inside the case budget (run_gpu.sh's RESERVE).
+    run.info["transformers"] = quiet_transformers().__version__
+    gpu = run.gpu
+    names = args.dtype or (["bf16", "fp32"] if gpu else ["fp32"])
     # Repeats per implementation and case (one warm-up call first; at least 2, at most reps, fewer
-    # past max_s seconds). GPU timings repeat well, and run_gpu.sh gives this whole file ~50 s.
+    # past max_s seconds). GPU timings repeat well, and run_gpu.sh gives this whole file ~40 s.
     if gpu:
         args.reps, args.max_s = (2, 0.5) if args.quick else (3, 1.0)
     else:
         args.reps, args.max_s = (3, 1.0) if args.quick else (5, 3.0)
-    budget = common.Budget(args.budget_s)
-    transformers = _quiet_transformers()
 
     with contextlib.ExitStack() as stack:
-        if args.checkpoint:
-            checkpoint = Path(args.checkpoint)
-            source = str(checkpoint)
-        else:
-            from omni_runtime.io.tiny_checkpoint import NOTE, write_tiny_checkpoint
-
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_thinker_"))
-            checkpoint = write_tiny_checkpoint(Path(tmp) / "ckpt", seed=args.seed, preset=args.preset)
-            source = f"write_tiny_checkpoint(preset={args.preset!r}, seed={args.seed}) ({NOTE})"
-        from omni_runtime.io.checkpoint import open_checkpoint
-
-        text = open_checkpoint(checkpoint).config.thinker_config.text_config
-        info = common.device_info(device)
-        info["transformers"] = transformers.__version__
-        path = common.json_path(args, NAME, info, device)
-        model_cfg = {k: getattr(text, k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
-                                                   "num_attention_heads", "num_key_value_heads", "vocab_size")}
-        model_cfg.update(head_dim=text.dim_per_head, mrope_section=list(text.mrope_section),
-                         rope_theta=float(text.rope_theta))
-        payload = common.new_payload("thinker", device, info, {
+        checkpoint, source = checkpoint_dir(args, stack, "bench_thinker_")
+        model_cfg = model_config(checkpoint)
+        payload = common.new_payload("thinker", run.device, run.info, {
             "checkpoint": source, "model": model_cfg, "dtypes": names,
             "prefill_prompt_lens": args.prompt_lens,
             "decode_batches": {str(b): DECODE_BATCHES[b] for b in args.batches},
@@ -410,38 +415,29 @@ def main(argv=None):
                       "tokens/s = batch x (new_tokens - 1) / that time",
             "speedup": "transformers ms / ours ms (> 1: ours faster)",
         })
-        payload["backend"] = "triton" if gpu else "torch path (CPU)"
         payload["timing"] = ("time.perf_counter around whole generate calls (CUDA synchronized); token times "
                              "from each implementation's stream; one warm-up call, median of "
                              f"{args.reps} calls (fewer past {args.max_s:.0f} s)")
         payload["loads"] = []
-        print(f"[{NAME}] device: {info['name']}; torch {info['torch']}, transformers {info['transformers']}, "
-              f"triton {info['triton']}; thinker {model_cfg['num_hidden_layers']} layers, hidden "
-              f"{model_cfg['hidden_size']}, {model_cfg['num_attention_heads']}/{model_cfg['num_key_value_heads']} "
-              f"heads, head_dim {model_cfg['head_dim']}; {', '.join(names)}; checkpoint: {source}")
+        run.banner(f"{describe_model(model_cfg)}; {', '.join(names)}; checkpoint: {source}")
 
         rows: list = []
-        for name, dtype in zip(names, dtypes):
-            if budget.spent():
+        for name in names:
+            if run.budget.spent():
                 print(f"  {name}: skipped (budget of {args.budget_s:.0f} s spent)")
                 payload["cases"].append({"case": f"all {name}", "dtype": name, "skipped": "budget"})
                 continue
             try:
-                run_dtype(args, checkpoint, device, dtype, budget, payload, path, rows)
+                run_dtype(run, checkpoint, name, payload, rows)
             except Exception as exc:  # noqa: BLE001 -- e.g. a load that does not fit: record it
                 payload["cases"].append({"case": f"load {name}", "dtype": name, "error": common.short_error(exc)})
                 print(f"  {name}: FAILED {common.short_error(exc)}")
                 if gpu:
                     torch.cuda.empty_cache()
-    common.write_json(path, payload)
-    common.print_table(f"Thinker: ours vs transformers ({info['name']}; speedup = transformers ms / ours ms; "
-                       f"prefill: time to first token, decode: ms per step)", HEADERS, rows)
     fp32 = [c["ids"]["identical"] for c in payload["cases"] if c.get("dtype") == "fp32" and "ids" in c]
-    if fp32:
-        print(f"\nfp32 greedy ids identical to transformers' in every decode case: {all(fp32)}")
-    if path:
-        print(f"\nwrote {path}")
-    return payload
+    notes = [f"\nfp32 greedy ids identical to transformers' in every decode case: {all(fp32)}"] if fp32 else []
+    return common.finish(run, payload, f"Thinker: ours vs transformers ({run.info['name']}; speedup = transformers "
+                         f"ms / ours ms; prefill: time to first token, decode: ms per step)", HEADERS, rows, notes)
 
 
 # -- pytest-benchmark (CPU, tiny preset, small shapes) ---------------------------------------------
@@ -449,30 +445,29 @@ def main(argv=None):
 PYTEST_PROMPT, PYTEST_NEW = 32, 8
 
 
-@pytest.fixture(scope="module")
-def tiny_pair(tmp_path_factory):
+def cpu_pair(_):
+    """Ours and transformers on the tiny preset; check: each makes PYTEST_NEW tokens, the same ones."""
     from omni_runtime.io.tiny_checkpoint import write_tiny_checkpoint
 
-    directory = write_tiny_checkpoint(tmp_path_factory.mktemp("bench_thinker") / "ckpt", seed=0, preset="tiny")
-    ckpt, engine = load_ours(directory, torch.device("cpu"), torch.float32, max_model_len=256,
-                             max_batched_tokens=256, max_num_seqs=1)
-    hf = load_transformers(directory, torch.device("cpu"), torch.float32)
+    with tempfile.TemporaryDirectory(prefix="bench_thinker_") as tmp:  # both load the weights into memory
+        directory = write_tiny_checkpoint(Path(tmp) / "ckpt", seed=0, preset="tiny")
+        ckpt, engine = load_ours(directory, torch.device("cpu"), torch.float32, max_model_len=256,
+                                 max_batched_tokens=256, max_num_seqs=1)
+        hf = load_transformers(directory, torch.device("cpu"), torch.float32)
     vocab = ckpt.config.thinker_config.text_config.vocab_size
     prompt = make_prompts([PYTEST_PROMPT], text_id_limit(ckpt))
-    runs = {
+    fns = {
         "omni_runtime": lambda: run_ours(engine, prompt, PYTEST_NEW)[0],
         "transformers": lambda: run_transformers(hf, prompt, PYTEST_NEW, pad_id=0, eos_id=vocab)[0],
     }
-    return runs, {name: fn() for name, fn in runs.items()}
+    ids = {name: fn() for name, fn in fns.items()}
+    return common.CpuCase(fns, lambda impl: len(ids[impl][0]) == PYTEST_NEW
+                          and ids["omni_runtime"] == ids["transformers"])  # fp32 greedy: the same tokens
 
 
-@pytest.mark.parametrize("impl", ["omni_runtime", "transformers"])
-def test_thinker_generate_cpu(benchmark, tiny_pair, impl):
-    runs, ids = tiny_pair
-    assert len(ids[impl][0]) == PYTEST_NEW
-    assert ids["omni_runtime"] == ids["transformers"]  # fp32 greedy: the same tokens
-    benchmark.group = f"thinker generate (tiny, prompt {PYTEST_PROMPT}, {PYTEST_NEW} new tokens, fp32)"
-    benchmark.pedantic(runs[impl], rounds=3, warmup_rounds=1)
+test_thinker_generate_cpu = common.cpu_benchmark(
+    cpu_pair, ["omni_runtime", "transformers"],
+    f"thinker generate (tiny, prompt {PYTEST_PROMPT}, {PYTEST_NEW} new tokens, fp32)", rounds=3)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import inspect
 
-import pytest
 import torch
 
 from benchmarks import common
@@ -25,9 +24,8 @@ from omni_kernels import tmrope_attention
 from omni_kernels.rotary import apply_rotate_half, mrope_cos_sin, rope_inv_freq
 
 NAME = "bench_tmrope_attention"
-HQ, HK, D = 28, 4, 128
-SECTION = (16, 24, 24)
-THETA = 1e6
+HQ, HK, D = common.THINKER
+SECTION, THETA = common.MROPE_SECTION, common.ROPE_THETA
 TARGET_CASE = "single L=8192"
 TARGET_SPEEDUP = 1.1
 
@@ -164,25 +162,20 @@ def run_case(name, lengths, dtype, device, timer, compile_peers):
     peer_name, peer_ms = common.best(results, "rope+sdpa")
     attn_ms = common.best(results, "sdpa_only")[1]
     record = common.case_record(name, {"lengths": lengths, "tokens": sum(lengths), "hq": HQ, "hk": HK, "d": D,
-                                       "dtype": str(dtype).replace("torch.", "")}, results, {
+                                       "dtype": common.dtype_name(dtype)}, results, {
         "ours_ms": ours_ms, "best_peer": peer_name, "best_peer_ms": peer_ms,
         "best_sdpa_only": best_attn, "best_sdpa_only_ms": attn_ms,
         "speedup_vs_rope_sdpa": common.ratio(peer_ms, ours_ms),
         "speedup_vs_sdpa_only": common.ratio(attn_ms, ours_ms),
     })
-    del q, k, v, q_rot, k_rot, reference
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return record
 
 
 def table_row(rec):
-    errors = [n for n, e in rec["results"].items() if "error" in e or e.get("mismatch")]
     return [rec["case"], rec["shape"]["tokens"], common.fmt_ms(rec["ours_ms"]),
-            f"{common.fmt_ms(rec['best_peer_ms'])} {rec['best_peer'] or ''}".strip(),
-            common.fmt_x(rec["speedup_vs_rope_sdpa"]),
-            f"{common.fmt_ms(rec['best_sdpa_only_ms'])} {rec['best_sdpa_only'] or ''}".strip(),
-            common.fmt_x(rec["speedup_vs_sdpa_only"]), len(errors)]
+            common.fmt_named(rec["best_peer_ms"], rec["best_peer"]), common.fmt_x(rec["speedup_vs_rope_sdpa"]),
+            common.fmt_named(rec["best_sdpa_only_ms"], rec["best_sdpa_only"]),
+            common.fmt_x(rec["speedup_vs_sdpa_only"]), common.failed(rec["results"])]
 
 
 HEADERS = ["case", "tokens", "ours ms", "best rope+SDPA ms (peer)", "speedup", "SDPA alone ms (backend)",
@@ -190,63 +183,37 @@ HEADERS = ["case", "tokens", "ours ms", "best rope+SDPA ms (peer)", "speedup", "
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.split("\n\n")[0], argv)
-    device = torch.device("cpu") if args.cpu else common.pick_device()
-    if device.type != "cuda":
-        print(common.no_cuda_message(NAME))
-    info = common.device_info(device)
-    gpu = device.type == "cuda"
-    dtype = common.DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if gpu else torch.float32)
+    run = common.start(NAME, common.parse_args(__doc__.split("\n\n")[0], argv))
+    device, gpu = run.device, run.gpu
+    dtype = run.dtype()
     single = GPU_SINGLE if gpu else CPU_SINGLE
     varlen = GPU_VARLEN if gpu else CPU_VARLEN
-    if args.quick:
+    if run.args.quick:
         single = [single[0], 8192] if gpu else single[:2]
         varlen = dict(list(varlen.items())[:1])
-    compile_peers = gpu or args.compile
-    timer = common.timer_for(device, args.quick)
-    budget = common.Budget(args.budget_s)
-    path = common.json_path(args, NAME, info, device)
-    payload = common.new_payload("tmrope_attention", device, info, {
-        "dtype": str(dtype).replace("torch.", ""), "hq": HQ, "hk": HK, "d": D, "mrope_section": list(SECTION),
+    compile_peers = gpu or run.args.compile
+    payload = common.new_payload("tmrope_attention", device, run.info, {
+        "dtype": common.dtype_name(dtype), "hq": HQ, "hk": HK, "d": D, "mrope_section": list(SECTION),
         "rope_theta": THETA, "compiled_peers": compile_peers,
         "peer": "separate rope pass (eager / torch.compile) + best torch SDPA variant, causal, GQA",
         "speedup": "best peer ms / ours ms (> 1: ours faster)"})
-    print(f"[{NAME}] device: {info['name']}; torch {info['torch']}, triton {info['triton']}; "
-          f"{HQ}/{HK} heads, d={D}, {payload['config']['dtype']}")
+    run.banner(f"{HQ}/{HK} heads, d={D}, {payload['config']['dtype']}")
 
-    cases = [(f"single L={n}", [n]) for n in single] + [(f"varlen N={n} ({len(ls)} seqs)", ls) for n, ls in varlen.items()]
-    rows = []
-    for case, lengths in cases:
-        if budget.spent():
-            print(f"  {case}: skipped (budget of {args.budget_s:.0f} s spent)")
-            payload["cases"].append({"case": case, "skipped": "budget"})
-            continue
-        try:
-            rec = run_case(case, lengths, dtype, device, timer, compile_peers)
-        except Exception as exc:  # noqa: BLE001 -- keep the sweep going, record the failure
-            rec = {"case": case, "error": common.short_error(exc)}
-            print(f"  {case}: FAILED {rec['error']}")
-            if gpu:
-                torch.cuda.empty_cache()
-        else:
-            rows.append(table_row(rec))
-            print(f"  {case}: ours {common.fmt_ms(rec['ours_ms'])} ms, best peer "
-                  f"{common.fmt_ms(rec['best_peer_ms'])} ms ({rec['best_peer']}) [{budget.elapsed():.0f} s]")
-        payload["cases"].append(rec)
-        common.write_json(path, payload)
+    shapes = [(f"single L={n}", [n]) for n in single] + [(f"varlen N={n} ({len(ls)} seqs)", ls)
+                                                          for n, ls in varlen.items()]
+    cases = [common.Case(case, functools.partial(run_case, case, lengths, dtype, device, run.timer, compile_peers))
+             for case, lengths in shapes]
+    rows = common.sweep(run, payload, cases, table_row, lambda rec: (
+        f"ours {common.fmt_ms(rec['ours_ms'])} ms, best peer {common.fmt_ms(rec['best_peer_ms'])} ms "
+        f"({rec['best_peer']})"))
 
     target_rec = next((c for c in payload["cases"] if c.get("case") == TARGET_CASE), None)
     payload["targets"] = [common.target_entry(
         "tmrope_attention >= 1.1x rope+SDPA at 8k", TARGET_CASE,
         target_rec.get("speedup_vs_rope_sdpa") if target_rec else None, ">=", TARGET_SPEEDUP,
         "best rope+SDPA ms / ours ms")]
-    common.write_json(path, payload)
-    common.print_table(f"tmrope_attention vs rope + SDPA ({info['name']}, {payload['config']['dtype']}, "
-                       f"{HQ}/{HK} heads, d={D}, causal)", HEADERS, rows)
-    common.print_targets(payload["targets"], device)
-    if path:
-        print(f"\nwrote {path}")
-    return payload
+    return common.finish(run, payload, f"tmrope_attention vs rope + SDPA ({run.info['name']}, "
+                         f"{payload['config']['dtype']}, {HQ}/{HK} heads, d={D}, causal)", HEADERS, rows)
 
 
 # -- pytest-benchmark (CPU torch path, small shapes) -------------------------------------------------
@@ -254,28 +221,20 @@ def main(argv=None):
 PYTEST_CASES = {"single_L512": [512], "varlen_3seq": [300, 150, 62]}
 
 
-@pytest.fixture(scope="module", params=list(PYTEST_CASES))
-def cpu_case(request):
-    lengths = PYTEST_CASES[request.param]
+def cpu_impls(lengths):
     q, k, v, positions, cu = make_inputs(lengths, torch.float32, torch.device("cpu"))
     inv_freq = rope_inv_freq(D, THETA)
     attn = attention_variants(torch.device("cpu"), lengths, max(lengths))
     label = "sdpa[auto,gqa]" if len(lengths) == 1 else "sdpa-loop[auto,gqa]"
-    impls = {
+    return {
         "omni_kernels": lambda: tmrope_attention(q, k, v, positions, cu, mrope_section=list(SECTION),
                                                  rope_theta=THETA, max_seqlen=max(lengths)),
         "rope+sdpa": lambda: attn[label](*rope_qk(q, k, positions, inv_freq), v),
     }
-    return request.param, impls
 
 
-@pytest.mark.parametrize("impl", ["omni_kernels", "rope+sdpa"])
-def test_tmrope_attention_cpu(benchmark, cpu_case, impl):
-    case, impls = cpu_case
-    out = common.first_tensor(impls[impl]())
-    assert common.rel_err(out, common.first_tensor(impls["omni_kernels"]())) < 1e-4
-    benchmark.group = f"tmrope_attention {case}"
-    benchmark.pedantic(impls[impl], rounds=5, warmup_rounds=1)
+test_tmrope_attention_cpu = common.cpu_benchmark(
+    cpu_impls, ["omni_kernels", "rope+sdpa"], "tmrope_attention {case}", PYTEST_CASES)
 
 
 if __name__ == "__main__":

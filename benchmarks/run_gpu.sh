@@ -9,26 +9,31 @@
 #    builds omni_kernels._C (the C++ CPU twin) and omni_kernels._cuda (the paged KV-cache ops, with
 #    the machine's nvcc). If pip fails, `setup.py build_ext --inplace` builds the two modules into
 #    the tree, used through PYTHONPATH (`import omni_kernels` needs _C; the KV-cache ops need _cuda);
-# 3. runs tests/test_gpu_paged.py and tests/test_gpu_kernels.py with TRITON_INTERPRET=0
+# 3. runs tests/test_gpu_paged.py, tests/test_gpu_kernels.py and tests/test_gpu_engine.py with TRITON_INTERPRET=0
 #    (tests/conftest.py defaults it to 1), one pytest process each, their JUnit XMLs merged into one;
 # 4. runs the six kernel benchmarks (paged KV-cache ops, paged decode, paged prefill, tmrope, block
-#    sparse, DiT window) and the Thinker end to end vs transformers (bench_thinker: bf16 and fp32),
-#    which write benchmarks/results/<device-slug>/bench_*.json;
+#    sparse, DiT window), the Thinker end to end vs transformers (bench_thinker: bf16 and fp32) and
+#    the engine's decode tokens/s vs transformers and the plain-loop floor (bench_engine_decode,
+#    bf16), which write benchmarks/results/<device-slug>/bench_*.json;
 # 5. copies the JSON files and this log into $OUT (what the device tool brings back: at most 8
 #    files, 2 folders deep): $OUT/run_gpu.log and $OUT/<device-slug>/bench_*.json -- exactly 8
-#    files; add no more. The tests' merged JUnit XML is appended to the end of run_gpu.log (between
-#    "=== test_gpu.xml" and "=== end of test_gpu.xml" lines) rather than sent as a 9th file.
+#    files; add no more. The tests' merged JUnit XML and bench_engine_decode.json (the 9th and 10th)
+#    are appended to the end of run_gpu.log instead, each between "=== NAME" and "=== end of NAME"
+#    lines (`sed -n '/^=== bench_engine_decode.json/,/^=== end of/p' run_gpu.log | sed '1d;$d'`
+#    gives the JSON back).
 #
 # The whole run is budgeted to fit the device tool's 10-minute limit per command
 # (OMNI_BENCH_TOTAL_S, default 540 s): every step gets its share plus whatever earlier steps left,
 # and each benchmark stops starting new cases before its share runs out (results so far are kept;
-# skipped cases are listed in its JSON and output). Shares (s): install 55, test 145, kv_cache 30,
-# paged_decode 45, paged_prefill 30, tmrope 60, block_sparse 65, dit 60, thinker 50 = 540; a
-# benchmark's case budget is its timeout minus RESERVE (start-up, the last case's overrun, the table).
-# thinker runs last, so whatever the earlier steps leave unused goes to it.
+# skipped cases are listed in its JSON and output). Shares (s): install 55, test 145, kv_cache 25,
+# paged_decode 40, paged_prefill 30, tmrope 55, block_sparse 60, dit 55, thinker 40,
+# engine_decode 35 = 540 (engine_decode's 35 came out of the benchmarks, which stop early, not out of
+# install or the tests); a benchmark's case budget is its timeout minus RESERVE (start-up, the last
+# case's overrun, the table). thinker and engine_decode run last, so whatever the earlier steps leave
+# unused goes to them (engine_decode also finds the Triton kernels thinker compiled in its cache).
 # Environment knobs: PYTHON (default python3), OMNI_BENCH_TOTAL_S, OMNI_BENCH_SKIP_INSTALL=1,
 # OMNI_BENCH_QUICK=1 (fewer shapes), OMNI_BENCH_STEPS (default
-# "install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker"),
+# "install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker engine_decode"),
 # OMNI_BENCH_ALLOW_CPU=1 (dry run without a GPU: quick CPU sweeps, results under $TMPDIR only).
 set -uo pipefail
 
@@ -37,7 +42,7 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 START=$(date +%s)
 TOTAL=${OMNI_BENCH_TOTAL_S:-540}
-STEPS=${OMNI_BENCH_STEPS:-"install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker"}
+STEPS=${OMNI_BENCH_STEPS:-"install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker engine_decode"}
 QUICK=${OMNI_BENCH_QUICK:+--quick}
 OUT_DIR=${OUT:-}
 if [ -n "$OUT_DIR" ]; then
@@ -47,8 +52,11 @@ else
     LOG="${TMPDIR:-/tmp}/omni_kernels_run_gpu.log"
 fi
 # The tests' merged JUnit XML: written by the test step, appended to the log file at the very end
-# (after the summary, so the terminal's last lines stay the summary).
+# (after the summary, so the terminal's last lines stay the summary). Likewise the JSON of the
+# benchmarks in LOG_ONLY, which would be a 9th file in $OUT.
 XML_MERGED=$(mktemp "${TMPDIR:-/tmp}/omni_test_gpu.XXXXXX.xml")
+LOG_ONLY="bench_engine_decode"
+LOG_JSON_DIR=$(mktemp -d "${TMPDIR:-/tmp}/omni_bench_logjson.XXXXXX")
 
 main() {
 export TRITON_INTERPRET=0
@@ -56,18 +64,18 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Seconds each step is planned to take; a step may use what earlier steps left over.
-declare -A SHARE=([install]=55 [test]=145 [kv_cache]=30 [paged_decode]=45 [paged_prefill]=30 [tmrope]=60
-                  [block_sparse]=65 [dit]=60 [thinker]=50)
+declare -A SHARE=([install]=55 [test]=145 [kv_cache]=25 [paged_decode]=40 [paged_prefill]=30 [tmrope]=55
+                  [block_sparse]=60 [dit]=55 [thinker]=40 [engine_decode]=35)
 # Seconds of a benchmark's timeout not given to its cases: interpreter start-up and imports, the
 # last case started before the budget ran out (torch.compile'd peers make those long), the table.
-# thinker: importing transformers and writing the tiny checkpoint count inside its case budget; the
-# reserve covers the last case started (a few seconds) and the table.
+# thinker, engine_decode: importing transformers and writing the tiny checkpoint count inside their
+# case budget; the reserve covers the last case started (a few seconds) and the table.
 declare -A RESERVE=([kv_cache]=15 [paged_decode]=20 [paged_prefill]=20 [tmrope]=35 [block_sparse]=35 [dit]=35
-                    [thinker]=15)
+                    [thinker]=15 [engine_decode]=10)
 declare -A MODULE=([kv_cache]=bench_kv_cache_ops [paged_decode]=bench_paged_decode_attention
                    [paged_prefill]=bench_paged_prefill_attention [tmrope]=bench_tmrope_attention
                    [block_sparse]=bench_block_sparse_attention [dit]=bench_dit_window_attention
-                   [thinker]=bench_thinker)
+                   [thinker]=bench_thinker [engine_decode]=bench_engine_decode)
 
 # nvcc for the extension build: the CUDA image keeps it in /usr/local/cuda/bin.
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
@@ -155,11 +163,11 @@ for step in $STEPS; do
     test)
         # One pytest process per file, so a CUDA error that poisons one process (an illegal
         # address is sticky) cannot fail the other file's tests; the JUnit XMLs are merged into one.
-        banner "tests/test_gpu_paged.py, tests/test_gpu_kernels.py; TRITON_INTERPRET=0 (timeout ${T}s)"
+        banner "tests/test_gpu_paged.py, tests/test_gpu_kernels.py, tests/test_gpu_engine.py; TRITON_INTERPRET=0 (timeout ${T}s)"
         TEST_START=$(date +%s)
         XMLS=()
         FAILED=""
-        for f in tests/test_gpu_paged.py tests/test_gpu_kernels.py; do
+        for f in tests/test_gpu_paged.py tests/test_gpu_kernels.py tests/test_gpu_engine.py; do
             if [ "$f" = tests/test_gpu_paged.py ]; then
                 FT=$((T - 80)); if [ "$FT" -lt 60 ]; then FT=60; fi  # leave the second file >= 80 s
             else
@@ -189,9 +197,9 @@ ET.ElementTree(root).write(sys.argv[1], encoding="utf-8", xml_declaration=True)
 EOF
         fi
         ;;
-    kv_cache|paged_decode|paged_prefill|tmrope|block_sparse|dit|thinker)
+    kv_cache|paged_decode|paged_prefill|tmrope|block_sparse|dit|thinker|engine_decode)
         mod=${MODULE[$step]}
-        if [ "$step" = thinker ] && ! $PY -c "import omni_runtime" >/dev/null 2>&1; then
+        if [[ $step = thinker || $step = engine_decode ]] && ! $PY -c "import omni_runtime" >/dev/null 2>&1; then
             # Not pip-installed (install skipped or fell back to build_ext --inplace): the package
             # directory is runtime/, imported as omni_runtime -- put a link by that name on the path.
             SHIM=$(mktemp -d "${TMPDIR:-/tmp}/omni_runtime_shim.XXXXXX")
@@ -206,7 +214,11 @@ EOF
         STATUS[$step]=$([ $rc = 0 ] && echo ok || echo "FAILED (rc $rc$([ $rc = 124 ] && echo ', timed out'))")
         if [ -f "$RUN_DIR/$mod.json" ]; then
             cp "$RUN_DIR/$mod.json" "$RESULTS/"
-            if [ -n "$OUT_DIR" ]; then cp "$RUN_DIR/$mod.json" "$OUT_DIR/$SLUG/"; fi
+            if [[ " $LOG_ONLY " = *" $mod "* ]]; then
+                cp "$RUN_DIR/$mod.json" "$LOG_JSON_DIR/"  # to the end of the log: $OUT holds 8 files
+            elif [ -n "$OUT_DIR" ]; then
+                cp "$RUN_DIR/$mod.json" "$OUT_DIR/$SLUG/"
+            fi
         else
             echo "$mod wrote no JSON"
         fi
@@ -219,7 +231,7 @@ done
 
 banner "results"
 ls -l "$RUN_DIR"
-echo "copied to $RESULTS${OUT_DIR:+ and $OUT_DIR/$SLUG}"
+echo "copied to $RESULTS${OUT_DIR:+ and $OUT_DIR/$SLUG} ($LOG_ONLY.json: to the end of the log instead)"
 
 banner "summary"
 for step in $STEPS; do echo "  $step: ${STATUS[$step]:-not run}"; done
@@ -240,6 +252,14 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("bench_*.json")):
                 sp = "-" if c.get("speedup") is None else f"{c['speedup']:.2f}x"
                 ids = c.get("ids", {}).get("identical")
                 print(f"  {c['case']} {c.get('dtype')}: speedup {sp}" + ("" if ids is None else f", ids identical: {ids}"))
+    if data.get("benchmark") == "engine_decode":  # time ratios (< 1: ours faster)
+        x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
+        for c in cases:
+            if c.get("kind") == "decode":
+                print(f"  {c['case']}: ours/transformers {x(c['ours_over_transformers'])}, ours/floor "
+                      f"{x(c['ours_over_floor'])}, ids identical: {c.get('ids_identical')}")
+            elif c.get("kind") == "prefill":
+                print(f"  {c['case']}: chunked/one-shot {x(c['chunked_over_one_shot'])}")
 EOF
 echo "total $(($(date +%s) - START)) s"
 }
@@ -248,8 +268,12 @@ echo "total $(($(date +%s) - START)) s"
 main 2>&1 | tee -a "$LOG"
 rc=$?
 if [ -s "$XML_MERGED" ]; then
-    { echo; echo "=== test_gpu.xml (JUnit; tests/test_gpu_paged.py and tests/test_gpu_kernels.py merged) ==="
+    { echo; echo "=== test_gpu.xml (JUnit; tests/test_gpu_{paged,kernels,engine}.py merged) ==="
       cat "$XML_MERGED"; echo; echo "=== end of test_gpu.xml ==="; } >> "$LOG"
 fi
-rm -f "$XML_MERGED"
+for json in "$LOG_JSON_DIR"/*.json; do
+    [ -f "$json" ] || continue
+    { echo; echo "=== $(basename "$json")"; cat "$json"; echo "=== end of $(basename "$json")"; } >> "$LOG"
+done
+rm -rf "$XML_MERGED" "$LOG_JSON_DIR"
 exit $rc
