@@ -242,7 +242,7 @@ class Engine(StreamsMixin):
         if ids:
             seq.add_piece(Piece(ids, pos, embeds))
         if complete:
-            seq.prompt_complete = True
+            seq.prompt_complete, seq.parked = True, False
             if rope_delta is None:
                 rope_delta = seq.max_position + 1 - seq.num_prompt_tokens
             elif isinstance(rope_delta, torch.Tensor):
@@ -265,16 +265,10 @@ class Engine(StreamsMixin):
         with self._lock:
             self._poll_providers()
             batch = self.scheduler.schedule()
-            if not batch:
-                idle = [s for s in self.running if s.waiting_for_input]
-                if any(s.num_schedulable for s in self.waiting) and idle:
-                    # blocks are held by sequences waiting for outside input: let the queue move
-                    self.scheduler.preempt(max(idle, key=lambda s: s.seq_id))
-                    batch = self.scheduler.schedule()
-                elif any(s.num_schedulable for s in self.waiting) and not self.running:
-                    seq = next(s for s in self.waiting if s.num_schedulable)
-                    raise KVCacheFullError(f"{seq!r} cannot be admitted: only {self.block_manager.num_free_blocks} "
-                                           f"KV-cache blocks are free (is the cache shared with another engine?)")
+            if not batch and not self.running and any(s.num_schedulable and not s.parked for s in self.waiting):
+                seq = next(s for s in self.waiting if s.num_schedulable)
+                raise KVCacheFullError(f"{seq!r} cannot be admitted: only {self.block_manager.num_free_blocks} "
+                                       f"KV-cache blocks are free (is the cache shared with another engine?)")
             if not batch:
                 return []
             return self._run(batch.items)

@@ -6,6 +6,10 @@ running sequences, then new admissions (FCFS: a waiting request that does not fi
 ones from jumping it). So a long new prompt is prefilled over several steps while the running
 streams keep decoding every step.
 
+Sequences waiting for outside input (a streamed prompt between chunks, an external input not yet
+fed) lend their blocks: when a queued request cannot be admitted, the newest idle one is parked
+(preempted, readmitted once its input arrives, then recomputed).
+
 Memory: blocks are taken as tokens are written (the block manager grows a sequence chunk by chunk),
 not reserved for prompt + max_new_tokens. When a running sequence needs a block and none is free,
 the newest running sequence not yet in this step is preempted: its blocks are freed, it goes back
@@ -89,10 +93,17 @@ class Scheduler:
         for seq in sorted(self.waiting, key=lambda s: s.seq_id):
             if budget == 0 or len(batch.items) == self.max_num_seqs or len(self.running) >= self.max_num_seqs:
                 break
-            if seq.num_schedulable == 0:
-                continue  # a streamed prompt with nothing yet: it does not hold the line
+            if seq.num_schedulable == 0 or seq.parked:
+                continue  # waiting for outside input: it does not hold the line
             n = min(seq.num_schedulable, budget, chunk)
             cached = None if seq in batch.preempted else self._admit(seq, n)
+            while cached is None and seq not in batch.preempted:
+                # blocks held by sequences that wait for outside input are lent to the queue
+                idle = [s for s in self.running if s.waiting_for_input and s.seq_id not in in_step]
+                if not idle:
+                    break
+                self.park(max(idle, key=lambda s: s.seq_id))
+                cached = self._admit(seq, n)
             if cached is None:
                 break
             batch.items.append((seq, n - cached))
@@ -139,6 +150,12 @@ class Scheduler:
                 batch.preempted.append(victim)
                 if victim is seq:
                     return False
+
+    def park(self, seq: Sequence) -> None:
+        """Preempt a sequence that waits for outside input; it is not readmitted until some
+        arrives (so two idle sequences cannot keep trading places)."""
+        self.preempt(seq)
+        seq.parked = True
 
     def preempt(self, seq: Sequence) -> None:
         """Free a running sequence's blocks; it is recomputed from its inputs when readmitted."""

@@ -97,6 +97,7 @@ class Sequence:
         self.keep_hidden_states = False
         self.return_logits = False
         self.num_preemptions = 0
+        self.parked = False            # preempted while idle: readmitted when new input arrives
         self._pieces: list[Piece] = []
         self._piece_starts: list[int] = []
         self._fed: list[torch.Tensor] = []   # external input embedding of each generated token
@@ -140,6 +141,7 @@ class Sequence:
 
     # ------------------------------------------------------------------ inputs
     def add_piece(self, piece: Piece) -> None:
+        self.parked = False
         self._piece_starts.append(self.num_prompt_tokens)
         self._pieces.append(piece)
         self.token_ids.extend(piece.ids)
@@ -147,6 +149,7 @@ class Sequence:
         self.max_position = max(self.max_position, int(piece.positions.max()))
 
     def feed(self, embeds: torch.Tensor) -> None:
+        self.parked = False
         self._fed.append(embeds)
 
     def inputs(self, start: int, n: int) -> list[tuple[list[int], torch.Tensor, Optional[torch.Tensor]]]:
