@@ -60,7 +60,36 @@ class ModelRunner:
         bs = self.block_size
         return [table[i // bs] * bs + i % bs for i in range(start, start + n)]
 
+    def _decode_inputs(self, items):
+        """The common case, without per-sequence tensors: one generated token per sequence."""
+        bm, bs = self.kv_cache.block_manager, self.block_size
+        ids, pos, slots, tables, seq_lens, fed = [], [], [], [], [], []
+        for seq, _ in items:
+            i = seq.num_computed
+            table = bm.block_table(seq.seq_id)
+            ids.append(seq.token_ids[i])
+            pos.append(i + seq.rope_delta)
+            slots.append(table[i // bs] * bs + i % bs)
+            tables.append(table)
+            seq_lens.append(i + 1)
+            fed.append(seq._fed[i - seq.num_prompt_tokens] if seq.external_inputs else None)
+        b = len(items)
+        if any(e is not None for e in fed):
+            segments = [([t], None if e is None else e[None]) for t, e in zip(ids, fed)]
+        else:
+            segments = [(ids, None)]
+        positions = torch.tensor(pos, dtype=torch.int64).expand(3, b)
+        return (DECODE, ids, positions, segments, slots, self._table_tensor(tables), seq_lens, [1] * b,
+                [(i, 1) for i in range(b)])
+
+    @staticmethod
+    def _table_tensor(tables) -> torch.Tensor:
+        width = max(len(t) for t in tables)
+        return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+
     def _inputs(self, items):
+        if all(n == 1 and s.num_computed >= s.num_prompt_tokens > 0 for s, n in items):
+            return self._decode_inputs(items)
         ids, positions, segments, slots, spans = [], [], [], [], []
         tables, seq_lens, qlens = [], [], []
         bm = self.kv_cache.block_manager
@@ -82,11 +111,7 @@ class ModelRunner:
             mode = DECODE
         else:
             mode = CHUNKED_PREFILL
-        width = max(len(t) for t in tables)
-        block_tables = torch.zeros(len(tables), width, dtype=torch.int32)
-        for i, t in enumerate(tables):
-            block_tables[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
-        return mode, ids, torch.cat(positions, 1), segments, slots, block_tables, seq_lens, qlens, spans
+        return mode, ids, torch.cat(positions, 1), segments, slots, self._table_tensor(tables), seq_lens, qlens, spans
 
     def _embed(self, segments, n: int) -> torch.Tensor:
         """The step's input embeddings, written into the persistent buffer."""

@@ -11,14 +11,13 @@ config (missing / unexpected / mis-shaped -> one ValueError listing them with th
 reading any data, and reads tensor by tensor with `safetensors.safe_open(..., device=...)`, so
 each tensor goes straight to the target device and dtype and host memory never holds more than
 one tensor beyond the result (the model is never built twice).
+
+The pieces: `shards` (safetensors headers), `speakers` (spk_dict.pt), `dtypes` (the dtype
+argument), `progress` (a progress line for loading).
 """
 from __future__ import annotations
 
 import json
-import math
-import struct
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Union
@@ -28,74 +27,24 @@ import torch
 from . import layout
 from ..config import OmniConfig
 from ..config import load as load_config
+from .dtypes import _FLOAT_DTYPES, _ST_DTYPES, DtypeSpec, _dtype_for
+from .dtypes import parse_dtype  # re-exported: load_tensors' dtype argument
+from .progress import ProgressLine  # re-exported: load_tensors' progress callback
+from .shards import TensorInfo, read_header
+from .speakers import SPEAKER_FILE, Speaker, load_speakers
 from .tokenizer import Tokenizer
 
 __all__ = [
     "Checkpoint",
-    "Speaker",
-    "TensorInfo",
     "open_checkpoint",
     "load_tensors",
     "parse_dtype",
-    "recommended_dtypes",
     "ProgressLine",
     "format_key_list",
 ]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-SPEAKER_FILE = "spk_dict.pt"
-
-# safetensors dtype strings -> (torch dtype, bytes per element)
-_ST_DTYPES = {
-    "F64": (torch.float64, 8),
-    "F32": (torch.float32, 4),
-    "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2),
-    "I64": (torch.int64, 8),
-    "I32": (torch.int32, 4),
-    "I16": (torch.int16, 2),
-    "I8": (torch.int8, 1),
-    "U8": (torch.uint8, 1),
-    "BOOL": (torch.bool, 1),
-}
-for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
-    if hasattr(torch, _attr):
-        _ST_DTYPES[_name] = (getattr(torch, _attr), 1)
-
-# Weights can be stored in these and converted to any of them on load.
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_DTYPE_NAMES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "f32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "f16": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
-
-DtypeSpec = Union[None, str, torch.dtype, Mapping[str, Union[None, str, torch.dtype]]]
-
-
-def parse_dtype(dtype) -> Optional[torch.dtype]:
-    """None (keep the stored dtype), a torch dtype, or a name ("bf16", "float16", ...).
-    Only float32 / float16 / bfloat16 are supported; anything else is a ValueError."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, str):
-        key = dtype.lower().removeprefix("torch.")
-        if key not in _DTYPE_NAMES:
-            raise ValueError(f"unsupported dtype {dtype!r}: use one of bfloat16, float16, float32")
-        return _DTYPE_NAMES[key]
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"unsupported dtype {dtype}: use one of torch.bfloat16, torch.float16, torch.float32")
-        return dtype
-    raise ValueError(f"dtype must be a torch dtype, a name or None, got {type(dtype).__name__} {dtype!r}")
-
-
-def recommended_dtypes(compute_dtype) -> dict[str, Optional[torch.dtype]]:
-    """Per-prefix dtypes for `load_tensors`: everything in `compute_dtype` except Token2Wav,
-    which runs in fp32 (its flow matching and vocoder are precision-sensitive; transformers also
-    forces it to float)."""
-    return {"": parse_dtype(compute_dtype), "token2wav.": torch.float32}
 
 
 def format_key_list(keys: Iterable[str], limit: int = 20) -> str:
@@ -104,27 +53,6 @@ def format_key_list(keys: Iterable[str], limit: int = 20) -> str:
     if len(keys) > limit:
         shown += f", ... and {len(keys) - limit} more"
     return shown
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shard: str  # file name inside the checkpoint directory
-    shape: tuple[int, ...]
-    dtype: str  # safetensors dtype string, e.g. "BF16"
-    nbytes: int
-
-
-@dataclass
-class Speaker:
-    """One entry of spk_dict.pt, as transformers' `load_speakers` keeps it: the Talker's text
-    bos token id, the speaker embedding `cond` (1, enc_emb_dim) and the reference mel
-    `ref_mel` (1, frames, mel_dim) for the DiT's ECAPA encoder (normalised to these shapes)."""
-
-    name: str
-    bos_token: int
-    cond: torch.Tensor
-    ref_mel: torch.Tensor
 
 
 @dataclass
@@ -188,84 +116,6 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _read_header(path: Path) -> dict[str, TensorInfo]:
-    """Parse and check a safetensors header without reading tensor data."""
-    if not path.is_file():
-        raise ValueError(f"weight shard {path} is missing")
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ValueError("file shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", raw)
-            if n > size - 8 or n > 100_000_000:
-                raise ValueError(f"header length {n} does not fit the file size {size}")
-            header = json.loads(f.read(n))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-        raise ValueError(f"weight shard {path} is corrupt or not a safetensors file: {e}") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"weight shard {path} is corrupt: its header is not a JSON object")
-    data_size = size - 8 - n
-    out: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (start, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-            itemsize = _ST_DTYPES[dtype][1] if dtype in _ST_DTYPES else None
-            if not all(isinstance(s, int) and s >= 0 for s in shape) or not 0 <= start <= end:
-                raise ValueError("bad shape or offsets")
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"weight shard {path} is corrupt: bad header entry for {name!r} ({e})") from None
-        if end > data_size:
-            raise ValueError(
-                f"weight shard {path} is truncated or corrupt: {name!r} ends at byte {end} "
-                f"but the data section has {data_size} bytes"
-            )
-        if itemsize is not None and math.prod(shape) * itemsize != end - start:
-            raise ValueError(f"weight shard {path} is corrupt: {name!r} has {end - start} bytes for shape {list(shape)} {dtype}")
-        out[name] = TensorInfo(name, path.name, shape, dtype, end - start)
-    return out
-
-
-def _load_speakers(path: Path, config: OmniConfig) -> dict[str, Speaker]:
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle error, a zip error, a truncated file...
-        raise ValueError(f"speaker file {path} cannot be read: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"speaker file {path} must hold a dict of speakers, got {type(raw).__name__}")
-    dit = config.token2wav_config.dit_config
-    vocab = config.thinker_config.text_config.vocab_size
-    speakers: dict[str, Speaker] = {}
-    for name, entry in raw.items():
-        where = f"speaker {name!r} in {path}"
-        if not isinstance(entry, dict) or not {"bos_token", "cond", "ref_mel"} <= set(entry):
-            raise ValueError(f"{where} must be a dict with bos_token, cond and ref_mel")
-        bos = entry["bos_token"]
-        if isinstance(bos, torch.Tensor) and bos.numel() == 1:
-            bos = int(bos.item())
-        if isinstance(bos, bool) or not isinstance(bos, int) or not 0 <= bos < vocab:
-            raise ValueError(f"{where}: bos_token must be a Thinker token id below {vocab}, got {bos!r}")
-        cond, ref = entry["cond"], entry["ref_mel"]
-        if not isinstance(cond, torch.Tensor) or cond.numel() != dit.enc_emb_dim:
-            shape = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-            raise ValueError(f"{where}: cond must hold dit_config.enc_emb_dim = {dit.enc_emb_dim} values, got {shape}")
-        if not isinstance(ref, torch.Tensor) or ref.dim() not in (2, 3) or ref.shape[-1] != dit.mel_dim or (
-            ref.dim() == 3 and ref.shape[0] != 1
-        ) or ref.shape[-2] == 0:
-            shape = tuple(ref.shape) if isinstance(ref, torch.Tensor) else type(ref).__name__
-            raise ValueError(f"{where}: ref_mel must be (1, frames, {dit.mel_dim}), got {shape}")
-        speakers[name] = Speaker(
-            name=name,
-            bos_token=bos,
-            cond=cond.reshape(1, -1).float(),
-            ref_mel=ref.reshape(1, ref.shape[-2], ref.shape[-1]).float(),
-        )
-    return speakers
-
-
 def open_checkpoint(path) -> Checkpoint:
     """Read a checkpoint directory's metadata (no tensor data)."""
     path = Path(path)
@@ -290,7 +140,7 @@ def open_checkpoint(path) -> Checkpoint:
 
     tensors: dict[str, TensorInfo] = {}
     for shard in shards:
-        for name, info in _read_header(path / shard).items():
+        for name, info in read_header(path / shard).items():
             if name in tensors:
                 raise ValueError(f"tensor {name!r} appears in both {tensors[name].shard} and {shard}")
             tensors[name] = info
@@ -305,7 +155,7 @@ def open_checkpoint(path) -> Checkpoint:
 
     speakers = {}
     if (path / SPEAKER_FILE).is_file():
-        speakers = _load_speakers(path / SPEAKER_FILE, config)
+        speakers = load_speakers(path / SPEAKER_FILE, config)
 
     tokenizer_file = path / "tokenizer.json"
     tok_cfg = path / "tokenizer_config.json"
@@ -324,18 +174,6 @@ def open_checkpoint(path) -> Checkpoint:
 
 
 # ---- loading ----------------------------------------------------------------------------------
-
-
-def _dtype_for(name: str, spec: DtypeSpec) -> Optional[torch.dtype]:
-    if not isinstance(spec, Mapping):
-        return parse_dtype(spec)
-    best, best_len = None, -1
-    for prefix, value in spec.items():
-        if not isinstance(prefix, str):
-            raise ValueError(f"dtype mapping keys must be name prefixes (str), got {prefix!r}")
-        if name.startswith(prefix) and len(prefix) > best_len:
-            best, best_len = value, len(prefix)
-    return parse_dtype(best)
 
 
 def _device_arg(device) -> tuple[torch.device, Union[str, int]]:
@@ -445,41 +283,3 @@ def load_tensors(
         except Exception as e:  # safetensors' SafetensorError, OSError, CUDA OOM...
             raise ValueError(f"reading weight shard {shard_path} failed: {type(e).__name__}: {e}") from None
     return out
-
-
-class ProgressLine:
-    """A tqdm-free progress callback for `load_tensors`: rewrites one line on a terminal
-    ("loading thinker: 42% 3.1/7.4 GB 1.9 GB/s"), prints every 10% otherwise."""
-
-    def __init__(self, label: str = "loading", stream=None, min_interval: float = 0.1):
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.min_interval = min_interval
-        self._t0 = time.perf_counter()
-        self._last = -1.0
-        self._last_decile = -1
-        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def format(self, done: int, total: int) -> str:
-        frac = done / total if total else 1.0
-        elapsed = max(time.perf_counter() - self._t0, 1e-9)
-        unit, scale = ("GB", 1e9) if total >= 1e9 else ("MB", 1e6)
-        return (
-            f"{self.label}: {frac * 100:3.0f}% {done / scale:.2f}/{total / scale:.2f} {unit} "
-            f"{done / 1e9 / elapsed:.2f} GB/s"
-        )
-
-    def __call__(self, done: int, total: int) -> None:
-        finished = done >= total
-        now = time.perf_counter()
-        if self._tty:
-            if finished or now - self._last >= self.min_interval:
-                self._last = now
-                self.stream.write("\r" + self.format(done, total) + ("\n" if finished else ""))
-                self.stream.flush()
-            return
-        decile = 10 if finished else int(10 * done / total) if total else 10
-        if decile > self._last_decile:
-            self._last_decile = decile
-            self.stream.write(self.format(done, total) + "\n")
-            self.stream.flush()

@@ -1,12 +1,10 @@
-"""Image and video preprocessing for Qwen2.5-Omni, equal to transformers' processors on the same pixels.
-
-    pixel_values, grid_thw = preprocess_image(image)
-    frames, sample_fps = load_video("clip.mp4")            # PyAV decode, 2 fps sampling
-    pixel_values, grid_thw, second_per_grid = preprocess_video(frames, sample_fps)
+"""What image and video preprocessing share, equal to transformers' processors on the same pixels:
+RGB conversion, `smart_resize`, resize + normalize (two backends), `patchify`, and the defaults.
+The entry points are `image.preprocess_image` and `video.load_video` / `video.preprocess_video`.
 
 `pixel_values` is float32 (grid_t * grid_h * grid_w, C * temporal_patch_size * patch_size**2)
 = (N, 1176) for the published model, `grid_thw` int64 (1, 3); the vision encoder consumes both
-(`omni_runtime.vision_encoder.VisionEncoder`). The steps are transformers' (5.24):
+(`omni_runtime.models.vision_encoder.VisionEncoder`). The steps are transformers' (5.24):
 
 1. RGB uint8 pixels. PIL images: `convert("RGB")`, transparency composited onto white (as
    transformers' `convert_to_rgb`). Arrays / tensors: HWC or CHW (channels first when ambiguous, as
@@ -30,21 +28,12 @@
    (t, h/merge, w/merge, merge_h, merge_w, C, temporal, patch_h, patch_w).
 
 Defaults: images min/max pixels 56*56 / 28*28*1280 (Qwen2VLImageProcessor), videos
-128*28*28 / 768*28*28 (Qwen2_5OmniProcessor's video kwargs). The published checkpoint's
-preprocessor_config.json may override the image bounds (pass them in).
-
-Video frame sampling follows the official qwen-omni-utils (`smart_nframes`): n = total / video_fps *
-fps clamped to [4, min(768, total)] and floored to a multiple of 2, frames
-`linspace(0, total - 1, n).round()`; the actual sampling rate n / total * video_fps is returned.
-`second_per_grid = temporal_patch_size / fps` for the fps passed to `preprocess_video`. Note: the
-official README calls the processor without `fps`, so transformers then uses 2.0 whatever the
-actual sampling rate was; pass fps=2.0 to reproduce that, or the sample fps for true timing.
+128*28*28 / 768*28*28 (Qwen2_5OmniProcessor's video kwargs).
 """
 from __future__ import annotations
 
 import math
-import os
-from typing import Sequence
+import sys
 
 import numpy as np
 import torch
@@ -66,11 +55,7 @@ MAX_ASPECT_RATIO = 200
 RESCALE_FACTOR = 1 / 255
 RESIZE_BACKENDS = ("pil", "torch")
 
-__all__ = [
-    "smart_resize", "to_rgb_uint8", "preprocess_image", "preprocess_images", "preprocess_video",
-    "sample_frame_indices", "load_video", "patchify", "image_kwargs_from_preprocessor_config",
-    "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD",
-]
+__all__ = ["smart_resize", "to_rgb_uint8", "patchify", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -110,33 +95,6 @@ def _check_sizes(min_pixels, max_pixels, patch_size, merge_size, temporal_patch_
         raise ValueError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels})")
     if resize_backend not in RESIZE_BACKENDS:
         raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {resize_backend!r}")
-
-
-def image_kwargs_from_preprocessor_config(d: dict) -> dict:
-    """`preprocessor_config.json` (a checkpoint's image-processor settings) -> keyword arguments for
-    `preprocess_image`, read as transformers reads them: `min_pixels` / `max_pixels`, else
-    `size.shortest_edge` / `size.longest_edge`; patch/merge/temporal sizes; mean and std. Keys that
-    are absent keep the defaults (the published Qwen2.5 configs set max_pixels = 12845056, far above
-    the class default 1003520, so reading this file matters for large images)."""
-    if not isinstance(d, dict):
-        raise ValueError(f"preprocessor config must be a dict, got {type(d).__name__}")
-    out = {}
-    size = d.get("size") if isinstance(d.get("size"), dict) else {}
-    for key, size_key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
-        value = d.get(key, size.get(size_key))
-        if value is not None:
-            out[key] = value
-    for key in ("patch_size", "merge_size", "temporal_patch_size"):
-        if d.get(key) is not None:
-            out[key] = d[key]
-    for key in ("image_mean", "image_std"):
-        if d.get(key) is not None:
-            value = tuple(float(x) for x in d[key])
-            if len(value) != 3:
-                raise ValueError(f"preprocessor config {key} must have 3 values, got {d[key]!r}")
-            out[key] = value
-    return out
-
 
 # -- pixels ---------------------------------------------------------------------------------------
 
@@ -215,13 +173,10 @@ def _hwc_to_rgb(array: np.ndarray, what: str) -> np.ndarray:
         raise ValueError(f"{what} must have 1, 3 or 4 channels, got {channels} (shape {array.shape})")
     return np.ascontiguousarray(array)
 
-
 def _is_pil(image) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a runtime dependency
-        return False
-    return isinstance(image, Image.Image)
+    # An object can only be a PIL image once PIL is imported, so arrays never import it.
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(image, pil.Image)
 
 
 def to_rgb_uint8(image, what: str = "image") -> np.ndarray:
@@ -297,164 +252,3 @@ def _resize_and_normalize(frames_hwc: list[np.ndarray] | torch.Tensor, min_pixel
     stacked = frames_hwc if isinstance(frames_hwc, torch.Tensor) else torch.from_numpy(np.stack(frames_hwc))
     stacked = stacked.permute(0, 3, 1, 2).contiguous()
     return _torch_normalize(_torch_resize(stacked, new_h, new_w), mean, std)
-
-
-def preprocess_image(image, *, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS,
-                     patch_size: int = PATCH_SIZE, merge_size: int = MERGE_SIZE,
-                     temporal_patch_size: int = TEMPORAL_PATCH_SIZE, resize_backend: str = "pil",
-                     image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
-                     image_std: Sequence[float] = OPENAI_CLIP_STD) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image (PIL.Image, numpy array or torch tensor; HWC or CHW; uint8 or float) ->
-    (pixel_values float32 (grid_h * grid_w, C * temporal_patch_size * patch_size**2),
-    grid_thw int64 (1, 3) = [[1, grid_h, grid_w]]). The image is repeated to temporal_patch_size
-    frames, as transformers does."""
-    _check_sizes(min_pixels, max_pixels, patch_size, merge_size, temporal_patch_size, resize_backend)
-    rgb = to_rgb_uint8(image)
-    frame = _resize_and_normalize([rgb], min_pixels, max_pixels, patch_size * merge_size, resize_backend,
-                                  image_mean, image_std)
-    pixel_values, (_, grid_h, grid_w) = patchify(frame.expand(temporal_patch_size, -1, -1, -1), patch_size,
-                                                 merge_size, temporal_patch_size)
-    return pixel_values, torch.tensor([[1, grid_h, grid_w]], dtype=torch.int64)
-
-
-def preprocess_images(images: Sequence, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Several images -> concatenated pixel_values and grid_thw (n, 3), as transformers batches them."""
-    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence) or len(images) == 0:
-        raise ValueError("images must be a non-empty sequence of images")
-    outs = [preprocess_image(image, **kwargs) for image in images]
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-
-
-def _video_frames_uint8(frames) -> torch.Tensor:
-    """Video frames -> uint8 (T, H, W, 3) tensor. Accepts a (T, H, W, C) / (T, C, H, W) array or
-    tensor, or a sequence of images."""
-    if isinstance(frames, (np.ndarray, torch.Tensor)):
-        array = _as_numpy(frames, "video")
-        if array.ndim != 4:
-            raise ValueError(f"video must be a 4-D (T, H, W, C) or (T, C, H, W) array, got shape {array.shape}")
-        if array.shape[0] == 0:
-            raise ValueError("video has no frames")
-        if array.shape[1] in (1, 3, 4):  # channels first (preferred when ambiguous, as transformers)
-            array = np.moveaxis(array, 1, -1)
-        elif array.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"video frames must have 1, 3 or 4 channels, got shape {array.shape}")
-        return torch.from_numpy(_hwc_to_rgb(array, "video"))
-    if isinstance(frames, (str, bytes, os.PathLike)):
-        raise ValueError("preprocess_video takes decoded frames; use load_video(path) to decode a file")
-    if not isinstance(frames, Sequence):
-        raise ValueError(f"video must be an array, a tensor or a sequence of frames, got {type(frames).__name__}")
-    if len(frames) == 0:
-        raise ValueError("video has no frames")
-    rgb = [to_rgb_uint8(f, what=f"video frame {i}") for i, f in enumerate(frames)]
-    if len({f.shape for f in rgb}) != 1:
-        raise ValueError(f"video frames must all have one size, got {sorted({f.shape for f in rgb})}")
-    return torch.from_numpy(np.stack(rgb))
-
-
-def preprocess_video(frames, fps: float = VIDEO_FPS, *, min_pixels: int = VIDEO_MIN_PIXELS,
-                     max_pixels: int = VIDEO_MAX_PIXELS, patch_size: int = PATCH_SIZE, merge_size: int = MERGE_SIZE,
-                     temporal_patch_size: int = TEMPORAL_PATCH_SIZE, resize_backend: str = "torch",
-                     cap_pixels_per_frame: bool = False, max_video_tokens: int = 128000,
-                     image_mean: Sequence[float] = OPENAI_CLIP_MEAN, image_std: Sequence[float] = OPENAI_CLIP_STD,
-                     ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Sampled video frames (see `_video_frames_uint8` for the layouts) at `fps` frames per second ->
-    (pixel_values float32 (grid_t * grid_h * grid_w, C * temporal_patch_size * patch_size**2),
-    grid_thw int64 (1, 3), second_per_grid = temporal_patch_size / fps).
-
-    `cap_pixels_per_frame` applies transformers' / qwen-omni-utils' total-video pixel budget
-    (max_video_tokens * 28**2 * 0.9 shared over the frames); off by default as in transformers 5.24."""
-    _check_sizes(min_pixels, max_pixels, patch_size, merge_size, temporal_patch_size, resize_backend)
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a positive finite number, got {fps!r}")
-    video = _video_frames_uint8(frames)
-    factor = patch_size * merge_size
-    if cap_pixels_per_frame:
-        _check_positive_int("max_video_tokens", max_video_tokens)
-        total_pixels = int(max_video_tokens * factor * factor * 0.9)
-        max_pixels = max(min(max_pixels, total_pixels * temporal_patch_size // video.shape[0]),
-                         int(min_pixels * 1.05))
-    resized = _resize_and_normalize(video, min_pixels, max_pixels, factor, resize_backend, image_mean, image_std)
-    pixel_values, grid = patchify(resized, patch_size, merge_size, temporal_patch_size)
-    return pixel_values, torch.tensor([grid], dtype=torch.int64), temporal_patch_size / float(fps)
-
-
-# -- video files ----------------------------------------------------------------------------------
-
-def sample_frame_indices(total_frames: int, video_fps: float, fps: float = VIDEO_FPS, *,
-                         min_frames: int = FPS_MIN_FRAMES, max_frames: int = FPS_MAX_FRAMES,
-                         frame_factor: int = TEMPORAL_PATCH_SIZE) -> list[int]:
-    """qwen-omni-utils' `smart_nframes` + `linspace(0, total - 1, n).round()`: the frames sampled
-    at `fps` from a video of `total_frames` frames at `video_fps`."""
-    _check_positive_int("total_frames", total_frames)
-    for name, value in (("video_fps", video_fps), ("fps", fps)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    _check_positive_int("frame_factor", frame_factor)
-    if total_frames < frame_factor:
-        raise ValueError(f"video has {total_frames} frame(s); at least {frame_factor} are needed")
-    lo = math.ceil(min_frames / frame_factor) * frame_factor
-    hi = math.floor(min(max_frames, total_frames) / frame_factor) * frame_factor
-    nframes = total_frames / video_fps * fps
-    nframes = min(min(max(nframes, lo), hi), total_frames)
-    nframes = math.floor(nframes / frame_factor) * frame_factor
-    if not frame_factor <= nframes <= total_frames:
-        raise ValueError(f"cannot sample {nframes} frames from a {total_frames}-frame video")
-    return torch.linspace(0, total_frames - 1, nframes).round().long().tolist()
-
-
-def _decode(path: str, keep: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
-    """Decode the first video stream; returns ({index: rgb24 frame} for kept indices, frames decoded)."""
-    import av
-
-    frames: dict[int, np.ndarray] = {}
-    count = 0
-    last = max(keep) if keep else None
-    with av.open(path) as container:
-        container.streams.video[0].thread_type = "AUTO"  # frame/slice threads: same frames, faster
-        for frame in container.decode(video=0):
-            if keep is None or count in keep:
-                frames[count] = frame.to_ndarray(format="rgb24")
-            count += 1
-            if last is not None and count > last:
-                break
-    return frames, count
-
-
-def load_video(path, fps: float = VIDEO_FPS, *, min_frames: int = FPS_MIN_FRAMES,
-               max_frames: int = FPS_MAX_FRAMES) -> tuple[torch.Tensor, float]:
-    """Decode a video file with PyAV and sample it at `fps` (qwen-omni-utils' rule, see
-    `sample_frame_indices`). Returns (frames uint8 (T, H, W, 3) RGB, sample_fps = T / total_frames *
-    video_fps). Only the sampled frames are kept in memory."""
-    try:
-        import av
-    except ImportError as e:  # pragma: no cover - av is a runtime dependency
-        raise ImportError("load_video needs PyAV (pip install av)") from e
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"video file not found: {path}")
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path} has no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            video_fps = float(rate) if rate else 0.0
-            total = int(stream.frames or 0)
-    except av.error.FFmpegError as e:
-        raise ValueError(f"cannot open video {path}: {e}") from e
-    if video_fps <= 0:
-        raise ValueError(f"{path}: the video stream reports no frame rate, cannot sample at {fps} fps")
-    if total <= 0:  # container without a frame count: count by decoding
-        total = _decode(path, keep=set())[1]
-    if total == 0:
-        raise ValueError(f"{path} has no video frames")
-    indices = sample_frame_indices(total, video_fps, fps, min_frames=min_frames, max_frames=max_frames)
-    frames, decoded = _decode(path, keep=set(indices))
-    if len(frames) < len(set(indices)):  # the container's frame count was wrong: resample on the real count
-        total = _decode(path, keep=set())[1]
-        if total == 0:
-            raise ValueError(f"{path} has no decodable video frames")
-        indices = sample_frame_indices(total, video_fps, fps, min_frames=min_frames, max_frames=max_frames)
-        frames, _ = _decode(path, keep=set(indices))
-    video = torch.from_numpy(np.stack([frames[i] for i in indices]))
-    return video, len(indices) / total * video_fps

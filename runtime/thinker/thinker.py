@@ -26,7 +26,7 @@ the meta device and adopt the loaded tensors, so the weights are never held twic
    -> `preprocess_video` (second_per_grid = temporal_patch_size / sample fps) and, with
    `use_audio_in_video`, its soundtrack (`load_audio_track`) -> log-mel;
 2. prompt ids: the official chat template (`chat.render_prompt`, default system prompt
-   `OMNI_SYSTEM_PROMPT`), tokenized, each placeholder expanded (`chat.expand_placeholder_ids`:
+   `OMNI_SYSTEM_PROMPT`), tokenized, each placeholder expanded (`placeholders.expand_placeholder_ids`:
    audio ((L - 1)//2 + 1 - 2)//2 + 1 tokens for L mel frames, image/video t*h*w/4, audio-in-video
    interleaved in 2-second chunks);
 3. inputs_embeds = token embeddings, then -- as transformers' forward -- the audio tower's output
@@ -56,7 +56,7 @@ What streaming changes, exactly:
   end.
 - One value can differ: Whisper's floor `max(x, max_over_the_whole_audio - 8)`. A frame emitted
   before the end is floored with the running max m (over the frames computed so far), offline with
-  the final max g >= m (see `audio.StreamingMel`). So streamed features equal the offline ones
+  the final max g >= m (see `streaming_mel.StreamingMel`). So streamed features equal the offline ones
   exactly unless a log-mel bin emitted early lies more than 8 (80 dB) below a louder part that
   arrives later; then it comes out lower by at most (g - m) / 4. After `finish()`,
   `session.mel_max_deviation` is that largest difference, computed exactly (0.0 means the streamed

@@ -1,5 +1,7 @@
-"""omni_runtime.media.audio: loading, resampling, log-mel features (offline and streaming) against
-transformers' WhisperFeatureExtractor as Qwen2.5-Omni's processor calls it."""
+"""omni_runtime.media audio: loading (audio), resampling (resample), log-mel features offline (mel)
+and streaming (streaming_mel) against transformers' WhisperFeatureExtractor as Qwen2.5-Omni's
+processor calls it, with the extractor's default chunk_length (30 s) and the published one (300 s)."""
+import functools
 import warnings
 
 import numpy as np
@@ -7,24 +9,33 @@ import pytest
 import soundfile
 import torch
 
-from omni_runtime.media import audio as A
-from omni_runtime.media.audio import (N_SAMPLES, Resampler, StreamingMel, StreamingResampler, load_audio, log_mel_features,
-                                mel_filter_bank, num_mel_frames, resample)
+from omni_runtime.io.placeholders import audio_token_count
+from omni_runtime.media.audio import load_audio
+from omni_runtime.media.mel import log_mel_features, mel_filter_bank, num_mel_frames
+from omni_runtime.media.resample import Resampler, StreamingResampler, resample
+from omni_runtime.media.streaming_mel import StreamingMel
 
 MEL_ATOL = 1e-5  # stated tolerance vs transformers (fp32, CPU); measured <= 1.2e-7
+N_SAMPLES = 30 * 16000  # the extractor's default chunk_length (30 s), this module's default too
+
+
+@functools.lru_cache(maxsize=None)
+def whisper_fe(chunk_length):
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=chunk_length,
+                                   n_fft=400)
 
 
 @pytest.fixture(scope="module")
 def whisper():
-    from transformers import WhisperFeatureExtractor
-
-    return WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400)
+    return whisper_fe(30)
 
 
-def reference(fe, wav, truncation=True):
+def reference(fe, wav):
     """What Qwen2_5OmniProcessor._process_audio feeds the model for one audio."""
     out = fe(np.asarray(wav, dtype=np.float32), sampling_rate=16000, padding="max_length", return_attention_mask=True,
-             return_tensors="pt", truncation=truncation)
+             return_tensors="pt")
     n = int(out["attention_mask"][0].sum())
     return out["input_features"][0, :, :n]
 
@@ -102,25 +113,62 @@ def test_global_max_outside_returned_frames(whisper):
         assert (log_mel_features(wav) - ref).abs().max().item() <= MEL_ATOL
 
 
-def test_long_audio_truncated_at_30s_like_processor(whisper):
-    wav = speech_like(N_SAMPLES + 12345, seed=3)
-    with pytest.warns(UserWarning, match="truncated"):
-        ours = log_mel_features(wav)
-    ref = reference(whisper, wav)
-    assert ours.shape == ref.shape == (128, 3000)
+# audio tokens for (chunk_length, seconds): cut at 30 s with the class default, kept with 300
+LENGTH_CASES = {(30, 1.0): 25, (30, 29.99): 750, (30, 30.0): 750, (30, 31.0): 750, (30, 45.0): 750,
+                (300, 1.0): 25, (300, 29.99): 750, (300, 30.0): 750, (300, 31.0): 775, (300, 45.0): 1125}
+
+
+@pytest.mark.parametrize("chunk,seconds", list(LENGTH_CASES))
+def test_chunk_length_equals_whisper_feature_extractor(chunk, seconds):
+    """Frames, values and audio tokens equal WhisperFeatureExtractor(chunk_length=chunk), offline
+    and streamed in 2 s pieces, for audio shorter than, exactly as long as and longer than 30 s."""
+    n = round(seconds * 16000)
+    wav = noise(n, seed=n)
+    ref = reference(whisper_fe(chunk), wav)
+    frames = min(-(-n // 160), chunk * 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cut at chunk_length warns
+        ours = log_mel_features(wav, chunk_length=chunk)
+        streamed, stream = stream_all(wav, two_second_pieces(n), chunk_length=chunk)
+    assert ours.shape == ref.shape == streamed.shape == (128, frames) == (128, num_mel_frames(n, chunk))
     assert (ours - ref).abs().max().item() <= MEL_ATOL
-    # truncate=False == the extractor with truncation=False: one STFT, one max, N // 160 frames
+    assert (streamed - ref).abs().max().item() <= stream.max_deviation + MEL_ATOL
+    assert (stream.features() - ref).abs().max().item() <= MEL_ATOL
+    assert audio_token_count(frames) == LENGTH_CASES[chunk, seconds]
+
+
+def test_exactly_30s_last_frame_depends_on_chunk_length():
+    """At exactly 30.0 s the last frame's window reaches past the audio: reflect padding of real
+    samples with chunk_length 30, zeros with 300. Only that frame differs."""
+    wav = noise(N_SAMPLES, seed=1)
+    at30, at300 = log_mel_features(wav, chunk_length=30), log_mel_features(wav, chunk_length=300.0)
+    diff = (at30 - at300).abs().amax(dim=0)
+    assert diff[-1] > 1e-3 and diff[:-1].max() == 0
+    assert (at300 - reference(whisper_fe(300), wav)).abs().max().item() <= MEL_ATOL
+
+
+def test_long_audio_cut_at_chunk_length_or_kept_with_none():
+    wav = speech_like(N_SAMPLES + 12345, seed=3)
+    with pytest.warns(UserWarning, match="truncated to chunk_length=30"):
+        ours = log_mel_features(wav)
+    assert ours.shape == (128, 3000)
+    assert (ours - reference(whisper_fe(30), wav)).abs().max().item() <= MEL_ATOL
+    # None keeps everything: any chunk_length that leaves >= 25 ms of padding after the audio
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        full = log_mel_features(wav, truncate=False)
-    ref_full = reference(whisper, wav, truncation=False)
-    assert full.shape == ref_full.shape == (128, (N_SAMPLES + 12345) // 160)
-    assert (full - ref_full).abs().max().item() <= MEL_ATOL
+        full = log_mel_features(wav, chunk_length=None)
+        assert torch.equal(full, log_mel_features(wav, chunk_length=300))
+        assert torch.equal(log_mel_features(wav[:16000], chunk_length=None), log_mel_features(wav[:16000]))
+    ref = reference(whisper_fe(300), wav)
+    assert full.shape == ref.shape == (128, -(-(N_SAMPLES + 12345) // 160))
+    assert (full - ref).abs().max().item() <= MEL_ATOL
 
 
-def test_processor_end_to_end(monkeypatch, whisper):
+@pytest.mark.parametrize("chunk", [30, 300])
+def test_processor_end_to_end(monkeypatch, chunk):
     """Qwen2_5OmniProcessor itself (tiny word-level tokenizer, no video processor: torchvision is
-    not installed) -- proves the kwargs it passes: max_length padding, 30 s truncation, the mask."""
+    not installed) -- proves the kwargs it passes: max_length padding, the cut at chunk_length,
+    the mask, and the audio tokens it puts in the prompt."""
     try:
         from tokenizers import Tokenizer, models, pre_tokenizers
         from transformers import PreTrainedTokenizerFast, Qwen2_5OmniProcessor, Qwen2VLImageProcessorPil
@@ -133,17 +181,21 @@ def test_processor_end_to_end(monkeypatch, whisper):
         tok = PreTrainedTokenizerFast(tokenizer_object=tk, extra_special_tokens=names)
         monkeypatch.setattr(Qwen2_5OmniProcessor, "check_argument_for_proper_class", lambda *a: None)
         proc = Qwen2_5OmniProcessor(image_processor=Qwen2VLImageProcessorPil(), video_processor=None,
-                                    feature_extractor=whisper, tokenizer=tok)
+                                    feature_extractor=whisper_fe(chunk), tokenizer=tok)
     except Exception as e:  # pragma: no cover - depends on the installed transformers
         pytest.skip(f"cannot build Qwen2_5OmniProcessor here: {e}")
-    audios = [speech_like(40037, seed=4), noise(N_SAMPLES + 1601, seed=5)]
+    audios = [speech_like(40037, seed=4), noise(31 * 16000, seed=5)]
     out = proc(text=["hi <|AUDIO|> <|AUDIO|>"], audio=audios, return_tensors="pt")
-    assert out["feature_attention_mask"].sum(-1).tolist() == [251, 3000]  # ceil(40037 / 160); cut at 30 s
+    # ceil(40037 / 160); 31 s cut at 30 s or kept
+    assert out["feature_attention_mask"].sum(-1).tolist() == [251, 3000 if chunk == 30 else 3100]
+    tokens = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, wav in enumerate(audios):
-            ours = log_mel_features(wav)
+            ours = log_mel_features(wav, chunk_length=chunk)
             assert (ours - out["input_features"][i, :, :ours.shape[1]]).abs().max().item() <= MEL_ATOL
+            tokens += audio_token_count(ours.shape[1])
+    assert int((out["input_ids"] == tok.convert_tokens_to_ids("<|AUDIO|>")).sum()) == tokens == 63 + (750 if chunk == 30 else 775)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,14 +270,20 @@ def test_streaming_stereo_pieces_are_channels_first():
     assert (torch.cat(outs, dim=1) - offline).abs().max().item() <= 1e-6
 
 
-def test_streaming_truncates_at_30s():
+def test_streaming_cuts_at_chunk_length():
     wav = noise(N_SAMPLES + 50000, seed=9)
     with pytest.warns(UserWarning, match="truncated"):
         offline = log_mel_features(wav)
         streamed, stream = stream_all(wav, two_second_pieces(len(wav)))
     assert streamed.shape == offline.shape == (128, 3000)
     assert (streamed - offline).abs().max().item() <= 1e-6
-    assert stream.finished
+    assert stream.finished  # completed itself at 30 s: finish() returned nothing more
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        streamed, stream = stream_all(wav, two_second_pieces(len(wav)), chunk_length=None)
+    assert stream.received == len(wav)
+    assert (stream.features() - log_mel_features(wav, chunk_length=None)).abs().max().item() <= 1e-6
+    assert streamed.shape == (128, -(-len(wav) // 160))
 
 
 def test_streaming_with_resampling_equals_offline():
@@ -417,9 +475,17 @@ def test_other_errors(tmp_path):
         StreamingMel().features()
     with pytest.raises(ValueError):
         num_mel_frames(0)
+    for bad in (0, -30, float("nan"), float("inf"), True, "30", 0.001):
+        with pytest.raises(ValueError, match="chunk_length"):
+            log_mel_features(noise(100), chunk_length=bad)
+        with pytest.raises(ValueError, match="chunk_length"):
+            StreamingMel(chunk_length=bad)
+        with pytest.raises(ValueError, match="chunk_length"):
+            num_mel_frames(100, chunk_length=bad)
 
 
 def test_num_mel_frames_matches_processor_lengths():
     assert [num_mel_frames(n) for n in (1, 160, 161, 16000, N_SAMPLES, N_SAMPLES + 1)] == [1, 1, 2, 100, 3000, 3000]
-    assert num_mel_frames(N_SAMPLES + 321, truncate=False) == (N_SAMPLES + 321) // 160
-    assert A.MAX_FRAMES == 3000
+    assert num_mel_frames(N_SAMPLES + 321, chunk_length=300) == num_mel_frames(N_SAMPLES + 321, None) == 3003
+    assert num_mel_frames(10 ** 8, chunk_length=300) == 30000
+    assert num_mel_frames(16000, chunk_length=0.5055) == 50  # P = 8088 samples: P // 160 frames

@@ -9,7 +9,7 @@ import torch
 from helpers import rel_err
 
 import omni_kernels
-from omni_runtime.media.audio import log_mel_features
+from omni_runtime.media.mel import log_mel_features
 from omni_runtime.models.audio_encoder import AudioEncoder, feat_extract_output_lengths
 from omni_runtime.config import AudioEncoderConfig
 

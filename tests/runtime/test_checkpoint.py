@@ -1,4 +1,5 @@
-"""runtime/layout.py against transformers' save_pretrained, and runtime/checkpoint.py loading."""
+"""runtime/io/layout.py against transformers' save_pretrained, and loading with runtime/io/checkpoint.py
+(+ shards, speakers, dtypes, progress)."""
 import io
 import json
 import os
@@ -11,6 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from omni_runtime.io import checkpoint as CK
+from omni_runtime.io.dtypes import parse_dtype, recommended_dtypes
+from omni_runtime.io.progress import ProgressLine
 from omni_runtime import config as C
 from omni_runtime.io import layout as L
 
@@ -112,7 +115,7 @@ def test_open_and_load_sharded(tiny_ckpt):
     # a prefix, stripped names, per-prefix dtypes (token2wav stays fp32)
     talker = CK.load_tensors(ckpt, "talker.", dtype=torch.bfloat16, strip_prefix=True)
     assert "model.norm.weight" in talker and all(t.dtype == torch.bfloat16 for t in talker.values())
-    mixed = CK.load_tensors(ckpt, dtype=CK.recommended_dtypes("fp16"))
+    mixed = CK.load_tensors(ckpt, dtype=recommended_dtypes("fp16"))
     assert {t.dtype for k, t in mixed.items() if k.startswith("token2wav.")} == {torch.float32}
     assert {t.dtype for k, t in mixed.items() if not k.startswith("token2wav.")} == {torch.float16}
     assert torch.equal(mixed["thinker.model.norm.weight"], reference["thinker.model.norm.weight"].half())
@@ -120,7 +123,7 @@ def test_open_and_load_sharded(tiny_ckpt):
 
 def test_progress_line():
     out = io.StringIO()
-    line = CK.ProgressLine("loading thinker", stream=out)
+    line = ProgressLine("loading thinker", stream=out)
     for done in range(0, 2_000_000_001, 100_000_000):
         line(done, 2_000_000_000)
     lines = out.getvalue().splitlines()
@@ -255,7 +258,7 @@ def test_dtype_and_device_errors(tiny_ckpt, ckpt_copy):
             CK.load_tensors(ckpt, "thinker.model.norm", dtype=bad, expected={"thinker.model.norm.weight": (128,)})
     with pytest.raises(ValueError, match="unsupported dtype"):
         CK.load_tensors(ckpt, "talker.", dtype={"talker.model.": "int4"})
-    assert CK.parse_dtype("BF16") is torch.bfloat16 and CK.parse_dtype("torch.float16") is torch.float16
+    assert parse_dtype("BF16") is torch.bfloat16 and parse_dtype("torch.float16") is torch.float16
     with pytest.raises(ValueError, match="invalid device"):
         CK.load_tensors(ckpt, "talker.", device="tpu:x")
     if not torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""runtime/config.py against transformers 5.24's Qwen2.5-Omni config classes."""
+"""runtime/config/ (the omni_runtime.config package) against transformers 5.24's Qwen2.5-Omni config classes."""
 import copy
 import json
 

@@ -1,4 +1,4 @@
-"""runtime/tokenizer.py and runtime/chat.py, against transformers' tokenizer and
+"""runtime/io/tokenizer.py, io/chat.py and io/placeholders.py, against transformers' tokenizer and
 Qwen2_5OmniProcessor on the tiny checkpoint's tokenizer files."""
 import numpy as np
 import pytest
@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omni_runtime.io import chat as CH
+from omni_runtime.io import placeholders as PH
 from omni_runtime.io.tokenizer import QWEN_SPECIAL_TOKENS, Tokenizer
 
 SAMPLES = [
@@ -255,7 +256,7 @@ def test_build_prompt_ids_with_the_config(tiny_ckpt, tok):
     msgs = [{"role": "user", "content": [{"type": "audio", "audio": "a"}, {"type": "text", "text": "hi"}]}]
     ids = CH.build_prompt_ids(msgs, tok, audio_lengths=[300], config=cfg)
     a = cfg.thinker_config.audio_token_index
-    assert ids.count(a) == CH.audio_token_count(300) == 75
+    assert ids.count(a) == PH.audio_token_count(300) == 75
     i = ids.index(a)
     assert ids[i - 1] == cfg.thinker_config.audio_start_token_id and ids[i + 75] == cfg.thinker_config.audio_end_token_id
     cfg.thinker_config.audio_token_index = 1
@@ -267,15 +268,15 @@ def test_formulas_match_transformers(processor):
     from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import _get_feat_extract_output_lengths
 
     for n in list(range(1, 400)) + [2999, 3000, 30000]:
-        assert CH.audio_token_count(n) == int(_get_feat_extract_output_lengths(np.array(n)))
+        assert PH.audio_token_count(n) == int(_get_feat_extract_output_lengths(np.array(n)))
     rng = np.random.default_rng(1)
     for _ in range(200):
         idx = np.sort(rng.choice(300, size=rng.integers(1, 60)))
         if rng.random() < 0.5:
             idx = idx * rng.choice([0.5, 1.0, 2.5, 4.0])
         tpc = int(rng.integers(1, 60))
-        assert CH.chunked_index(idx.tolist(), tpc) == processor.get_chunked_index(idx, tpc)
-    assert CH.vision_token_count([2, 8, 12]) == 48 and CH.vision_token_count([1, 4, 4], merge_size=1) == 16
+        assert PH.chunked_index(idx.tolist(), tpc) == processor.get_chunked_index(idx, tpc)
+    assert PH.vision_token_count([2, 8, 12]) == 48 and PH.vision_token_count([1, 4, 4], merge_size=1) == 16
 
 
 def test_chat_errors(tok):

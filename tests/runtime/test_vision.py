@@ -11,6 +11,8 @@ frames decoded by transformers' `read_video_pyav`.
 import ast
 import inspect
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from omni_runtime.media import vision
-from omni_runtime.media.vision import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_video, preprocess_image, preprocess_images,
-                                 preprocess_video, sample_frame_indices, smart_resize)
+from omni_runtime.media.image import image_kwargs_from_preprocessor_config, preprocess_image, preprocess_images
+from omni_runtime.media.video import load_video, preprocess_video, sample_frame_indices
+from omni_runtime.media.vision import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, smart_resize
 
 transformers = pytest.importorskip("transformers")
 from transformers import Qwen2VLImageProcessorPil  # noqa: E402
@@ -95,7 +97,7 @@ def test_preprocessor_config_kwargs_match_transformers():
     config = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "merge_size": 2,
               "temporal_patch_size": 2, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD),
               "image_processor_type": "Qwen2VLImageProcessor"}
-    kwargs = vision.image_kwargs_from_preprocessor_config(config)
+    kwargs = image_kwargs_from_preprocessor_config(config)
     assert kwargs["max_pixels"] == 12845056 and kwargs["min_pixels"] == 3136
     image = _random_image(1100, 1000, seed=6)  # above the class default max_pixels, below the config's
     ref = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056)(images=Image.fromarray(image),
@@ -103,7 +105,7 @@ def test_preprocessor_config_kwargs_match_transformers():
     pixel_values, grid_thw = preprocess_image(image, **kwargs)
     assert grid_thw.tolist() == ref["image_grid_thw"].tolist() == [[1, 78, 72]]
     np.testing.assert_array_equal(pixel_values.numpy(), ref["pixel_values"])
-    sized = vision.image_kwargs_from_preprocessor_config({"size": {"shortest_edge": 100, "longest_edge": 200}})
+    sized = image_kwargs_from_preprocessor_config({"size": {"shortest_edge": 100, "longest_edge": 200}})
     assert sized == {"min_pixels": 100, "max_pixels": 200}
 
 
@@ -356,8 +358,21 @@ def test_video_fps_and_file_errors(tmp_path):
 
 
 def test_runtime_modules_do_not_import_transformers():
+    from omni_runtime.media import image, video, vision
     from omni_runtime.models import vision_encoder
 
-    for module in (vision, vision_encoder):
+    for module in (vision, image, video, vision_encoder):
         source = inspect.getsource(module)
         assert "import transformers" not in source and "from transformers" not in source
+
+
+def test_media_and_io_imports_leave_decoders_unloaded():
+    """PIL, PyAV, soundfile, tokenizers and safetensors are imported when media or a checkpoint is
+    read, not when omni_runtime.media.* / omni_runtime.io.* are imported."""
+    code = ("import importlib, pkgutil, sys, omni_runtime.media, omni_runtime.io\n"
+            "for pkg in (omni_runtime.media, omni_runtime.io):\n"
+            "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+            "        importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
+            "print(sorted(m for m in ('PIL', 'av', 'soundfile', 'tokenizers', 'safetensors') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -12,7 +12,8 @@ import torch
 
 import omni_kernels
 from helpers import rel_err
-from omni_runtime.media.vision import preprocess_image, preprocess_images, preprocess_video
+from omni_runtime.media.image import preprocess_image, preprocess_images
+from omni_runtime.media.video import preprocess_video
 from omni_runtime.config import RopeParameters, VisionEncoderConfig
 from omni_runtime.models.vision_encoder import VisionEncoder
 
