@@ -58,7 +58,7 @@ CHAT_TEMPLATE = (
 _ROLES = ("system", "user", "assistant")
 
 
-def _item_kind(item: dict) -> Optional[str]:
+def item_kind(item: dict) -> Optional[str]:
     # Same precedence as the template: image, audio, video, then text.
     kind = item.get("type")
     if kind == "image" or "image" in item or "image_url" in item:
@@ -90,7 +90,7 @@ def _check_messages(messages) -> list[dict]:
         for j, item in enumerate(content):
             if not isinstance(item, dict):
                 raise ValueError(f"messages[{i}].content[{j}] must be a dict, got {type(item).__name__}")
-            kind = _item_kind(item)
+            kind = item_kind(item)
             if kind is None:
                 raise ValueError(
                     f"messages[{i}].content[{j}] is not text, image, audio or video: keys {sorted(item)}"
@@ -131,7 +131,7 @@ def render_prompt(
             parts.append(content)
         else:
             for item in content:
-                kind = _item_kind(item)
+                kind = item_kind(item)
                 if kind == "text":
                     parts.append(item["text"])
                     continue

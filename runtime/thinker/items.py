@@ -103,17 +103,6 @@ def _is_ids(x) -> bool:
         isinstance(t, int) and not isinstance(t, bool) for t in x)
 
 
-def _item_kind(item: dict) -> Optional[str]:
-    kind = item.get("type")
-    if kind == "image" or "image" in item or "image_url" in item:
-        return "image"
-    if kind == "audio" or "audio" in item or "audio_url" in item:
-        return "audio"
-    if kind == "video" or "video" in item:
-        return "video"
-    return None
-
-
 def _check_file(value, what: str) -> str:
     path = os.fspath(value)
     if not os.path.exists(path):

@@ -10,13 +10,13 @@ import torch
 
 from omni_kernels import rope_index
 
-from ..io.chat import render_prompt
+from ..io.chat import item_kind, render_prompt
 from ..io.placeholders import expand_placeholder_ids
 from ..media.image import preprocess_image
 from ..media.mel import log_mel_features
 from ..media.options import MediaOptions
 from ..media.video import preprocess_video
-from .items import KINDS, Media, _as_list, _image, _is_ids, _item_kind, _scatter, _video, _waveform
+from .items import KINDS, Media, _as_list, _image, _is_ids, _scatter, _video, _waveform
 
 __all__ = ["PromptProcessor"]
 
@@ -79,8 +79,8 @@ class PromptProcessor:
                 if isinstance(m["content"], str):
                     continue
                 for j, item in enumerate(m["content"]):
-                    kind = _item_kind(item)
-                    if kind is None:
+                    kind = item_kind(item)
+                    if kind not in KINDS:
                         continue
                     where = f"messages[{i}].content[{j}]"
                     if item.get("stream"):

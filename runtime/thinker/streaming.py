@@ -8,7 +8,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from ..engine import SamplingParams, TokenEvent
+from ..engine import SamplingParams, Sequence, TokenEvent
 from ..media.streaming_mel import StreamingMel
 from ..models.audio_encoder import AudioEncoderStream
 from .items import Media
@@ -68,7 +68,7 @@ class AudioStreamSession:
         self._finished = False
         self.params = params
         t0 = time.perf_counter()
-        self.seq: EngineSequence = self.engine.add_request(
+        self.seq: Sequence = self.engine.add_request(
             self.prefix_ids, params, inputs_embeds=embeds, positions=positions, prompt_complete=False,
             keep_hidden_states=keep_hidden_states, return_logits=return_logits,
             detokenizer=thinker._detokenizer())
