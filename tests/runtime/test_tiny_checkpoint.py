@@ -1,5 +1,9 @@
-"""runtime/tiny_checkpoint.py: transformers loads it cleanly, it is deterministic, it round-trips."""
+"""runtime/tiny_checkpoint.py: transformers loads it cleanly, it is deterministic, it round-trips;
+the cache directory survives concurrent first uses and reports an unusable location."""
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -124,7 +128,8 @@ def test_default_checkpoint_dir(tmp_path, monkeypatch):
     (d / "leftover").write_text("x")
     assert T.default_checkpoint_dir("tiny", seed=3) == d
     assert not (d / "leftover").exists()
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["tiny-tiny-seed3"]
+    # the lock file taken to replace a stale copy stays (deleting lock files races)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".tiny-tiny-seed3.lock", "tiny-tiny-seed3"]
     with pytest.raises(ValueError, match="unknown preset"):
         T.default_checkpoint_dir("huge")
     with pytest.raises(ValueError, match="seed must be"):
@@ -135,3 +140,120 @@ def test_command_line(tmp_path, capsys):
     assert T.main(["--out", str(tmp_path / "cli"), "--seed", "2"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cli")
     assert CK.open_checkpoint(tmp_path / "cli").note == T.NOTE
+
+
+@pytest.mark.parametrize("stale", ["old_version", "no_marker", "a_file"])
+def test_outdated_checkpoint_is_replaced(tmp_path, monkeypatch, stale):
+    monkeypatch.setenv("OMNI_RUNTIME_CACHE", str(tmp_path))
+    target = tmp_path / "tiny-tiny-seed0"
+    if stale == "a_file":
+        target.write_text("not a checkpoint")
+    else:
+        T.write_tiny_checkpoint(target)
+        marker = target / ".omni_runtime_tiny_version"
+        if stale == "old_version":
+            marker.write_text("0\n")
+        else:
+            marker.unlink()
+        (target / "model-00001-of-00003.safetensors").write_bytes(b"truncated")
+    assert T.default_checkpoint_dir() == target
+    assert (target / ".omni_runtime_tiny_version").read_text() == f"{T.FORMAT_VERSION}\n"
+    assert len(CK.load_tensors(CK.open_checkpoint(target), "thinker.model.norm.")) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny-tiny-seed0.lock", "tiny-tiny-seed0"]
+
+
+# One first-use process: all start at once (a file barrier); writer i finishes its copy 0.25 * i s
+# after the first (a slower first-use writer), then each keeps opening and fully loading the
+# checkpoint until the slowest writer is done. Before the fix a slower writer moved the winner's
+# finished directory aside (and deleted it) under the loaders: "weight shard ... is missing".
+_FIRST_USE = r"""
+import os, sys, time
+from pathlib import Path
+import torch
+from omni_runtime.io import checkpoint as CK
+from omni_runtime.io import tiny_checkpoint as T
+
+i, barrier = int(sys.argv[1]), Path(sys.argv[2])
+write = T.write_tiny_checkpoint
+def slow_write(*a, **k):
+    out = write(*a, **k)
+    time.sleep(0.25 * i)
+    return out
+T.write_tiny_checkpoint = slow_write
+(barrier / f"ready{i}").touch()
+while not (barrier / "go").exists():
+    time.sleep(0.002)
+d = T.default_checkpoint_dir("tiny", seed=0)
+end = time.monotonic() + 1.5 - 0.25 * i
+loads = 0
+while loads == 0 or time.monotonic() < end:
+    tensors = CK.load_tensors(CK.open_checkpoint(d))
+    assert len(tensors) > 100 and all(torch.isfinite(t).all() for t in tensors.values())
+    loads += 1
+print(d)
+"""
+
+
+@pytest.mark.parametrize("start", ["fresh", "stale"])
+def test_concurrent_first_uses_all_succeed(tmp_path, start):
+    cache, barrier = tmp_path / "cache", tmp_path / "barrier"
+    barrier.mkdir()
+    if start == "stale":
+        T.write_tiny_checkpoint(cache / "tiny-tiny-seed0")
+        (cache / "tiny-tiny-seed0" / ".omni_runtime_tiny_version").write_text("0\n")
+    env = dict(os.environ, OMNI_RUNTIME_CACHE=str(cache), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", _FIRST_USE, str(i), str(barrier)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    deadline = time.monotonic() + 240
+    while len(list(barrier.glob("ready*"))) < 4 and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.01)
+    (barrier / "go").touch()
+    results = [(p.wait(timeout=240), *p.communicate()) for p in procs]
+    for rc, out, err in results:
+        assert rc == 0, err
+        assert out.strip() == str(cache / "tiny-tiny-seed0")
+    assert (cache / "tiny-tiny-seed0" / ".omni_runtime_tiny_version").read_text() == f"{T.FORMAT_VERSION}\n"
+    left = sorted(p.name for p in cache.iterdir())
+    assert left in (["tiny-tiny-seed0"], [".tiny-tiny-seed0.lock", "tiny-tiny-seed0"])  # no temporary copies
+
+
+def _unwritable(monkeypatch, path):
+    """`path` as a directory this process cannot create entries in (also as root, who ignores modes)."""
+    path.mkdir()
+    path.chmod(0o500)
+    if os.access(path, os.W_OK):  # root
+        real_mkdir = os.mkdir
+
+        def mkdir(p, *a, **k):
+            if os.path.dirname(os.fspath(p)) == str(path):
+                raise PermissionError(13, "Permission denied", os.fspath(p))
+            return real_mkdir(p, *a, **k)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["file", "below_a_file", "unwritable"])
+def test_unusable_cache_raises_value_error(tmp_path, monkeypatch, kind):
+    (tmp_path / "a_file").write_text("x")
+    root = {"file": tmp_path / "a_file", "below_a_file": tmp_path / "a_file" / "sub"}.get(kind)
+    if root is None:
+        root = _unwritable(monkeypatch, tmp_path / "ro")
+    monkeypatch.setenv("OMNI_RUNTIME_CACHE", str(root))
+    try:
+        with pytest.raises(ValueError) as e:
+            T.default_checkpoint_dir()
+    finally:
+        if kind == "unwritable":
+            (tmp_path / "ro").chmod(0o700)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot use the cache directory {root} (OMNI_RUNTIME_CACHE={root}): ")
+    assert ("is a file" if kind != "unwritable" else "not writable") in msg
+    assert T.default_checkpoint_dir(create=False) == root / "tiny-tiny-seed0"  # create=False never raises
+    # without the variable the message says it is the default and how to change it
+    monkeypatch.delenv("OMNI_RUNTIME_CACHE")
+    monkeypatch.setattr(T.Path, "home", classmethod(lambda cls: root))
+    with pytest.raises(ValueError, match="the default cache directory \\(set OMNI_RUNTIME_CACHE"):
+        T.default_checkpoint_dir()

@@ -1,0 +1,6 @@
+"""`python -m omni_runtime.cli ...`: the same as the `omni-run` command."""
+import sys
+
+from . import main
+
+sys.exit(main())
