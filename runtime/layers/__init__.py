@@ -4,7 +4,7 @@ from .decoder import CHUNKED_PREFILL, DECODE, MODES, PREFILL, Attention, Decoder
 from .mlp import MLP
 from .norm import RMSNorm
 from .rotary import mrope_cos_sin
-from .weights import adopt, build_and_adopt
+from .weights import Embedding, adopt, build_and_adopt
 
 __all__ = ["PREFILL", "CHUNKED_PREFILL", "DECODE", "MODES", "Attention", "DecoderLayer", "DecoderModel", "MLP",
-           "RMSNorm", "mrope_cos_sin", "adopt", "build_and_adopt"]
+           "RMSNorm", "mrope_cos_sin", "adopt", "build_and_adopt", "Embedding"]

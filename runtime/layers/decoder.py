@@ -25,6 +25,7 @@ from omni_kernels.rotary import apply_rotate_half
 from .mlp import MLP
 from .norm import RMSNorm
 from .rotary import mrope_cos_sin
+from .weights import Embedding
 
 __all__ = ["PREFILL", "CHUNKED_PREFILL", "DECODE", "MODES", "Attention", "DecoderLayer", "DecoderModel",
            "check_decoder_config"]
@@ -114,7 +115,7 @@ class DecoderModel(nn.Module):
     def __init__(self, config, embedding_size: int | None = None):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, embedding_size or config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, embedding_size or config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 

@@ -47,7 +47,7 @@ from omni_kernels.block_mask import audio_chunk_lengths
 from omni_kernels.block_sparse_attention import HEAD_DIMS
 
 from ..config import AudioEncoderConfig
-from ..layers import build_and_adopt
+from ..layers import Embedding, build_and_adopt
 
 __all__ = ["AudioEncoder", "AudioEncoderStream", "feat_extract_output_lengths"]
 
@@ -133,10 +133,11 @@ class SinusoidsPositionEmbedding(nn.Module):
         self.register_buffer("positional_embedding", self.compute(), persistent=False)
 
     def compute(self) -> torch.Tensor:
-        # same op sequence as transformers (float64 increment, float32 exp) for identical values
+        # same op sequence as transformers (float64 increment, float32 exp) for identical values;
+        # always on the CPU: under a meta-device build, exp on meta would import torch._dynamo
         log_timescale_increment = math.log(self.max_timescale) / (self.channels // 2 - 1)
-        inv_timescales = torch.exp(-log_timescale_increment * torch.arange(self.channels // 2).float())
-        scaled_time = torch.arange(self.length)[:, None] * inv_timescales[None, :]
+        inv_timescales = torch.exp(-log_timescale_increment * torch.arange(self.channels // 2, device="cpu").float())
+        scaled_time = torch.arange(self.length, device="cpu")[:, None] * inv_timescales[None, :]
         return torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=1)
 
     def forward(self, seqlen: int) -> torch.Tensor:
@@ -162,7 +163,7 @@ class AudioEncoder(nn.Module):
         self.conv1 = nn.Conv1d(self.num_mel_bins, embed_dim, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(embed_dim, embed_dim, kernel_size=3, stride=2, padding=1)
         self.positional_embedding = SinusoidsPositionEmbedding(config.max_source_positions, embed_dim)
-        self.audio_bos_eos_token = nn.Embedding(2, config.output_dim)  # in the checkpoint; unused here
+        self.audio_bos_eos_token = Embedding(2, config.output_dim)  # in the checkpoint; unused here
         self.layers = nn.ModuleList([AudioEncoderLayer(config) for _ in range(config.encoder_layers)])
         self.ln_post = nn.LayerNorm(embed_dim)
         self.avg_pooler = nn.AvgPool1d(2, stride=2)  # no parameters; pooling is done with indices

@@ -76,7 +76,8 @@ class VisionRotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
         spatial_dim = head_dim // 2
-        self._inv_freq = 1.0 / (theta ** (torch.arange(0, spatial_dim, 2, dtype=torch.float) / spatial_dim))
+        # on the CPU even under a meta-device build (arange on meta would import torch._dynamo)
+        self._inv_freq = 1.0 / (theta ** (torch.arange(0, spatial_dim, 2, dtype=torch.float, device="cpu") / spatial_dim))
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """position_ids (N, 2) -> fp32 cos, sin (N, head_dim)."""
