@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -126,6 +127,7 @@ class Thinker(PromptProcessor):
         self.skip_special_tokens = True
         self.engine_kwargs = dict(engine_kwargs or {})
         self._engine: Optional[Engine] = None
+        self._engine_lock = threading.Lock()
         self.load_seconds: Optional[float] = None
 
     # ------------------------------------------------------------------ loading
@@ -207,7 +209,9 @@ class Thinker(PromptProcessor):
     def engine(self) -> Engine:
         """The Engine (created on first use from `engine_kwargs`)."""
         if self._engine is None:
-            self._engine = Engine(self.lm, **self.engine_kwargs)
+            with self._engine_lock:  # two first callers at once must not build two engines
+                if self._engine is None:
+                    self._engine = Engine(self.lm, **self.engine_kwargs)
         return self._engine
 
     @staticmethod
