@@ -20,12 +20,11 @@ from .checks import FLOAT_DTYPES, check_finite_positive, check_last_dim_contiguo
 HEAD_DIMS = (64, 80, 128)
 
 
-@torch.library.custom_op("omni_kernels::block_sparse_attention", mutates_args=())
-def _block_sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_num_blocks: torch.Tensor,
-                               kv_indices: torch.Tensor, full_kv_num_blocks: Optional[torch.Tensor],
-                               full_kv_indices: Optional[torch.Tensor], q_segment_ids: Optional[torch.Tensor],
-                               kv_segment_ids: Optional[torch.Tensor], q_block: int, kv_block: int,
-                               causal: bool, scale: float) -> torch.Tensor:
+def _block_sparse_attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_num_blocks: torch.Tensor,
+                                 kv_indices: torch.Tensor, full_kv_num_blocks: Optional[torch.Tensor],
+                                 full_kv_indices: Optional[torch.Tensor], q_segment_ids: Optional[torch.Tensor],
+                                 kv_segment_ids: Optional[torch.Tensor], q_block: int, kv_block: int,
+                                 causal: bool, scale: float) -> torch.Tensor:
     if backend.use_triton(q.device):
         from .kernels import block_sparse_attention as kernel
 
@@ -36,6 +35,10 @@ def _block_sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         return out.to(q.dtype)
     return _torch_path(q, k, v, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices,
                        q_segment_ids, kv_segment_ids, (q_block, kv_block), causal, scale)
+
+
+_block_sparse_attention_op = torch.library.custom_op("omni_kernels::block_sparse_attention",
+                                                     _block_sparse_attention_impl, mutates_args=())
 
 
 @_block_sparse_attention_op.register_fake
@@ -132,7 +135,8 @@ def block_sparse_attention(q, k, v, block_mask: BlockSparseMask, *, scale: float
         if not all(b in allowed for b in mask.block_size):
             raise ValueError(f"block_mask.block_size {mask.block_size} is not supported by the Triton kernel on "
                              f"{device.type}: each of (Q_BLOCK, KV_BLOCK) must be one of {allowed}")
-    return _block_sparse_attention_op(
-        q, k, v, mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks, mask.full_kv_indices,
-        mask.q_segment_ids, mask.kv_segment_ids, mask.block_size[0], mask.block_size[1], mask.causal,
-        float(scale))
+    tensors = (q, k, v, mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks, mask.full_kv_indices,
+               mask.q_segment_ids, mask.kv_segment_ids)
+    # CPU eager: the implementation itself, without the custom op's dispatch (backend.direct_cpu_call).
+    op = _block_sparse_attention_impl if backend.direct_cpu_call(*tensors) else _block_sparse_attention_op
+    return op(*tensors, mask.block_size[0], mask.block_size[1], mask.causal, float(scale))

@@ -35,9 +35,8 @@ def _inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor
     return rope_inv_freq(head_dim, theta, device)
 
 
-@torch.library.custom_op("omni_kernels::dit_window_attention", mutates_args=())
-def _dit_window_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, back: int,
-                             ahead: int, rope_theta: float, scale: float) -> torch.Tensor:
+def _dit_window_attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, back: int,
+                               ahead: int, rope_theta: float, scale: float) -> torch.Tensor:
     inv_freq = _inv_freq(q.shape[-1], float(rope_theta), q.device)
     if backend.use_triton(q.device):
         from .kernels import dit_window_attention as kernel
@@ -46,6 +45,10 @@ def _dit_window_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         out = kernel.launch(q.to(compute), k.to(compute), v.to(compute), inv_freq, block_size, back, ahead, scale)
         return out.to(q.dtype)
     return _torch_path(q, k, v, inv_freq, block_size, back, ahead, scale)
+
+
+_dit_window_attention_op = torch.library.custom_op("omni_kernels::dit_window_attention",
+                                                   _dit_window_attention_impl, mutates_args=())
 
 
 @_dit_window_attention_op.register_fake
@@ -114,4 +117,6 @@ def dit_window_attention(q, k, v, *, block_size: int = 24, back: int = 0, ahead:
     check_finite_positive("rope_theta", rope_theta)
     scale = head_dim ** -0.5 if scale is None else scale
     check_finite_positive("scale", scale)
-    return _dit_window_attention_op(q, k, v, block_size, back, ahead, float(rope_theta), float(scale))
+    # CPU eager: the implementation itself, without the custom op's dispatch (backend.direct_cpu_call).
+    op = _dit_window_attention_impl if backend.direct_cpu_call(q, k, v) else _dit_window_attention_op
+    return op(q, k, v, block_size, back, ahead, float(rope_theta), float(scale))

@@ -22,10 +22,9 @@ def _inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor
     return rope_inv_freq(head_dim, theta, device)
 
 
-@torch.library.custom_op("omni_kernels::tmrope_attention", mutates_args=())
-def _tmrope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-                         cu_seqlens: torch.Tensor, max_seqlen: int, mrope_section: list[int],
-                         rope_theta: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _tmrope_attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                           cu_seqlens: torch.Tensor, max_seqlen: int, mrope_section: list[int],
+                           rope_theta: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = _inv_freq(q.shape[-1], float(rope_theta), q.device)
     if backend.use_triton(q.device):
         from .kernels import tmrope_attention as kernel
@@ -35,6 +34,10 @@ def _tmrope_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, posi
                                    cu_seqlens, max_seqlen, mrope_section, scale)
         return out.to(q.dtype), k_rot.to(k.dtype)
     return _torch_path(q, k, v, positions, cu_seqlens, inv_freq, mrope_section, scale)
+
+
+_tmrope_attention_op = torch.library.custom_op("omni_kernels::tmrope_attention", _tmrope_attention_impl,
+                                               mutates_args=())
 
 
 @_tmrope_attention_op.register_fake
@@ -100,5 +103,6 @@ def tmrope_attention(q, k, v, positions, cu_seqlens=None, *, mrope_section, rope
                 raise ValueError(f"cu_seqlens has an empty or negative-length sequence: {cu_seqlens.tolist()}")
             max_seqlen = int(lengths.max())
         cu_seqlens = cu_seqlens.to(torch.int32)
-    return _tmrope_attention_op(q, k, v, positions.contiguous(), cu_seqlens, int(max_seqlen), section,
-                                float(rope_theta), float(scale))
+    # CPU eager: the implementation itself, without the custom op's dispatch (backend.direct_cpu_call).
+    op = _tmrope_attention_impl if backend.direct_cpu_call(q, k, v, positions, cu_seqlens) else _tmrope_attention_op
+    return op(q, k, v, positions.contiguous(), cu_seqlens, int(max_seqlen), section, float(rope_theta), float(scale))

@@ -14,8 +14,6 @@ inside a step). Numerics follow transformers: RMSNorm and rotary in fp32 cast ba
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
@@ -36,13 +34,9 @@ DECODE = "decode"
 MODES = (PREFILL, CHUNKED_PREFILL, DECODE)
 
 
-def _trusted(op) -> dict:
-    # The engine's metadata needs no per-call value checks (they read device memory on the host).
-    return {"validate": False} if "validate" in inspect.signature(op).parameters else {}
-
-
-_STORE, _PREFILL_ATTN, _DECODE_ATTN = _trusted(store_kv), _trusted(paged_prefill_attention), \
-    _trusted(paged_decode_attention)
+# The engine built every piece of metadata itself: no per-call value checks (on CPU they read the
+# tables on the host; on a GPU a step must not synchronise).
+_TRUSTED = dict(validate=False)
 
 
 def check_decoder_config(config, what: str) -> None:
@@ -81,16 +75,16 @@ class Attention(nn.Module):
             o, k = tmrope_attention(q, k, v, state.positions, state.cu_seqlens_q, max_seqlen=state.max_seqlen_q,
                                     **rope_args)
             if k_cache is not None:
-                store_kv(k, v, k_cache, v_cache, state.slot_mapping, **_STORE)
+                store_kv(k, v, k_cache, v_cache, state.slot_mapping, **_TRUSTED)
         elif state.mode == CHUNKED_PREFILL:
-            store_kv(apply_rotate_half(k, *rope), v, k_cache, v_cache, state.slot_mapping, **_STORE)
+            store_kv(apply_rotate_half(k, *rope), v, k_cache, v_cache, state.slot_mapping, **_TRUSTED)
             o = paged_prefill_attention(q, state.positions, k_cache, v_cache, state.block_tables, state.cu_seqlens_q,
-                                        state.seq_lens, max_seqlen_q=state.max_seqlen_q, **rope_args, **_PREFILL_ATTN)
+                                        state.seq_lens, max_seqlen_q=state.max_seqlen_q, **rope_args, **_TRUSTED)
         else:
             q = apply_rotate_half(q, *rope)
-            store_kv(apply_rotate_half(k, *rope), v, k_cache, v_cache, state.slot_mapping, **_STORE)
+            store_kv(apply_rotate_half(k, *rope), v, k_cache, v_cache, state.slot_mapping, **_TRUSTED)
             o = paged_decode_attention(q, k_cache, v_cache, state.block_tables, state.seq_lens, scale=self.scale,
-                                       max_seq_len=state.max_seq_len, **_DECODE_ATTN)
+                                       max_seq_len=state.max_seq_len, **_TRUSTED)
         return self.o_proj(o.reshape(n, self.num_heads * self.head_dim))
 
 
