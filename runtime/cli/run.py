@@ -38,7 +38,7 @@ def run_turn(args, write_text) -> dict:
     result dict (the --json object)."""
     import torch
 
-    from ..io import tiny_checkpoint
+    from ..io import tiny_cache
     from ..io.chat import OMNI_SYSTEM_PROMPT
     from ..io.progress import ProgressLine
     from ..threads import apply_thread_policy
@@ -61,11 +61,11 @@ def run_turn(args, write_text) -> dict:
     timings: dict = {}
     path = args.checkpoint
     if path is None:
-        cached = tiny_checkpoint.default_checkpoint_dir(create=False)
-        if not tiny_checkpoint.is_complete_checkpoint(cached):
+        cached = tiny_cache.default_checkpoint_dir(create=False)
+        if not tiny_cache.is_complete_checkpoint(cached):
             note(args, f"writing the embedded tiny checkpoint to {cached} (first use)")
         t0 = time.perf_counter()
-        path = tiny_checkpoint.default_checkpoint_dir()
+        path = tiny_cache.default_checkpoint_dir()
         timings["checkpoint_write_s"] = time.perf_counter() - t0
 
     overrides = media_overrides(args)

@@ -10,7 +10,7 @@ import torch
 
 from ..engine import SamplingParams, Sequence, TokenEvent
 from ..media.streaming_mel import StreamingMel
-from ..models.audio_encoder import AudioEncoderStream
+from ..models.audio_encoder_stream import AudioEncoderStream
 from .items import Media
 
 __all__ = ["AudioStreamSession"]

@@ -144,7 +144,7 @@ class Thinker(PromptProcessor):
         device."""
         t0 = time.perf_counter()
         if path is None:
-            from ..io.tiny_checkpoint import default_checkpoint_dir
+            from ..io.tiny_cache import default_checkpoint_dir
 
             path = default_checkpoint_dir()
         dtype = _ckpt.parse_dtype(dtype)

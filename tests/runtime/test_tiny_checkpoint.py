@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from omni_runtime.io import checkpoint as CK
 from omni_runtime.io import layout as L
+from omni_runtime.io import tiny_cache as TC
 from omni_runtime.io import tiny_checkpoint as T
 
 
@@ -117,21 +118,21 @@ def test_layout_files_and_labels(tiny_ckpt):
 
 def test_default_checkpoint_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("OMNI_RUNTIME_CACHE", str(tmp_path / "cache"))
-    d = T.default_checkpoint_dir("tiny", seed=3)
+    d = TC.default_checkpoint_dir("tiny", seed=3)
     assert d == tmp_path / "cache" / "tiny-tiny-seed3"
     assert CK.open_checkpoint(d).note == T.NOTE
     stamp = d / "config.json"
     mtime = stamp.stat().st_mtime_ns
-    assert T.default_checkpoint_dir("tiny", seed=3) == d and stamp.stat().st_mtime_ns == mtime  # reused
+    assert TC.default_checkpoint_dir("tiny", seed=3) == d and stamp.stat().st_mtime_ns == mtime  # reused
     # A stale (older format) directory is rewritten; no temporary directories are left behind.
     (d / ".omni_runtime_tiny_version").write_text("0\n")
     (d / "leftover").write_text("x")
-    assert T.default_checkpoint_dir("tiny", seed=3) == d
+    assert TC.default_checkpoint_dir("tiny", seed=3) == d
     assert not (d / "leftover").exists()
     # the lock file taken to replace a stale copy stays (deleting lock files races)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".tiny-tiny-seed3.lock", "tiny-tiny-seed3"]
     with pytest.raises(ValueError, match="unknown preset"):
-        T.default_checkpoint_dir("huge")
+        TC.default_checkpoint_dir("huge")
     with pytest.raises(ValueError, match="seed must be"):
         T.write_tiny_checkpoint(tmp_path / "x", seed=-1)
 
@@ -156,7 +157,7 @@ def test_outdated_checkpoint_is_replaced(tmp_path, monkeypatch, stale):
         else:
             marker.unlink()
         (target / "model-00001-of-00003.safetensors").write_bytes(b"truncated")
-    assert T.default_checkpoint_dir() == target
+    assert TC.default_checkpoint_dir() == target
     assert (target / ".omni_runtime_tiny_version").read_text() == f"{T.FORMAT_VERSION}\n"
     assert len(CK.load_tensors(CK.open_checkpoint(target), "thinker.model.norm.")) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny-tiny-seed0.lock", "tiny-tiny-seed0"]
@@ -171,6 +172,7 @@ import os, sys, time
 from pathlib import Path
 import torch
 from omni_runtime.io import checkpoint as CK
+from omni_runtime.io import tiny_cache as TC
 from omni_runtime.io import tiny_checkpoint as T
 
 i, barrier = int(sys.argv[1]), Path(sys.argv[2])
@@ -183,7 +185,7 @@ T.write_tiny_checkpoint = slow_write
 (barrier / f"ready{i}").touch()
 while not (barrier / "go").exists():
     time.sleep(0.002)
-d = T.default_checkpoint_dir("tiny", seed=0)
+d = TC.default_checkpoint_dir("tiny", seed=0)
 end = time.monotonic() + 1.5 - 0.25 * i
 loads = 0
 while loads == 0 or time.monotonic() < end:
@@ -244,16 +246,16 @@ def test_unusable_cache_raises_value_error(tmp_path, monkeypatch, kind):
     monkeypatch.setenv("OMNI_RUNTIME_CACHE", str(root))
     try:
         with pytest.raises(ValueError) as e:
-            T.default_checkpoint_dir()
+            TC.default_checkpoint_dir()
     finally:
         if kind == "unwritable":
             (tmp_path / "ro").chmod(0o700)
     msg = str(e.value)
     assert msg.startswith(f"cannot use the cache directory {root} (OMNI_RUNTIME_CACHE={root}): ")
     assert ("is a file" if kind != "unwritable" else "not writable") in msg
-    assert T.default_checkpoint_dir(create=False) == root / "tiny-tiny-seed0"  # create=False never raises
+    assert TC.default_checkpoint_dir(create=False) == root / "tiny-tiny-seed0"  # create=False never raises
     # without the variable the message says it is the default and how to change it
     monkeypatch.delenv("OMNI_RUNTIME_CACHE")
-    monkeypatch.setattr(T.Path, "home", classmethod(lambda cls: root))
+    monkeypatch.setattr(TC.Path, "home", classmethod(lambda cls: root))
     with pytest.raises(ValueError, match="the default cache directory \\(set OMNI_RUNTIME_CACHE"):
-        T.default_checkpoint_dir()
+        TC.default_checkpoint_dir()
