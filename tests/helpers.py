@@ -1,4 +1,6 @@
 """Shared test helpers (imported as `from helpers import ...`: pytest puts tests/ on sys.path)."""
+import os
+
 import torch
 
 
@@ -21,3 +23,19 @@ def capture_cuda_graph(fn, warmup: int = 2):
     with torch.cuda.graph(graph):
         static_out = fn()
     return graph, static_out
+
+
+def unwritable_dir(monkeypatch, path):
+    """`path` as a directory this process cannot create entries in (also as root, who ignores modes)."""
+    path.mkdir()
+    path.chmod(0o500)
+    if os.access(path, os.W_OK):  # root
+        real_mkdir = os.mkdir
+
+        def mkdir(p, *a, **k):
+            if os.path.dirname(os.fspath(p)) == str(path):
+                raise PermissionError(13, "Permission denied", os.fspath(p))
+            return real_mkdir(p, *a, **k)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    return path

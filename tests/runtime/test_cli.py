@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import unwritable_dir
 
 from omni_runtime import cli
 from omni_runtime.io.tiny_checkpoint import NOTE
@@ -291,28 +292,12 @@ def test_closed_stdout_stops_the_turn(capsys, monkeypatch):
 # ---- 3. the cache directory -----------------------------------------------------------------------
 
 
-def _unwritable(monkeypatch, path):
-    """`path` as a directory this process cannot create entries in (also as root, who ignores modes)."""
-    path.mkdir()
-    path.chmod(0o500)
-    if os.access(path, os.W_OK):  # root
-        real_mkdir = os.mkdir
-
-        def mkdir(p, *a, **k):
-            if os.path.dirname(os.fspath(p)) == str(path):
-                raise PermissionError(13, "Permission denied", os.fspath(p))
-            return real_mkdir(p, *a, **k)
-
-        monkeypatch.setattr(os, "mkdir", mkdir)
-    return path
-
-
 @pytest.mark.parametrize("kind", ["file", "below_a_file", "unwritable"])
 def test_unusable_cache_exits_2(capsys, monkeypatch, tmp_path, kind):
     (tmp_path / "a_file").write_text("x")
     root = {"file": tmp_path / "a_file", "below_a_file": tmp_path / "a_file" / "cache"}.get(kind)
     if root is None:
-        root = _unwritable(monkeypatch, tmp_path / "ro")
+        root = unwritable_dir(monkeypatch, tmp_path / "ro")
     monkeypatch.setenv("OMNI_RUNTIME_CACHE", str(root))
     try:
         rc, out, err = run(capsys, "--prompt", "hi", "--quiet")

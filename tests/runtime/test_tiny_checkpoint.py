@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from helpers import unwritable_dir
 import torch
 from safetensors.torch import load_file
 
@@ -221,28 +222,12 @@ def test_concurrent_first_uses_all_succeed(tmp_path, start):
     assert left in (["tiny-tiny-seed0"], [".tiny-tiny-seed0.lock", "tiny-tiny-seed0"])  # no temporary copies
 
 
-def _unwritable(monkeypatch, path):
-    """`path` as a directory this process cannot create entries in (also as root, who ignores modes)."""
-    path.mkdir()
-    path.chmod(0o500)
-    if os.access(path, os.W_OK):  # root
-        real_mkdir = os.mkdir
-
-        def mkdir(p, *a, **k):
-            if os.path.dirname(os.fspath(p)) == str(path):
-                raise PermissionError(13, "Permission denied", os.fspath(p))
-            return real_mkdir(p, *a, **k)
-
-        monkeypatch.setattr(os, "mkdir", mkdir)
-    return path
-
-
 @pytest.mark.parametrize("kind", ["file", "below_a_file", "unwritable"])
 def test_unusable_cache_raises_value_error(tmp_path, monkeypatch, kind):
     (tmp_path / "a_file").write_text("x")
     root = {"file": tmp_path / "a_file", "below_a_file": tmp_path / "a_file" / "sub"}.get(kind)
     if root is None:
-        root = _unwritable(monkeypatch, tmp_path / "ro")
+        root = unwritable_dir(monkeypatch, tmp_path / "ro")
     monkeypatch.setenv("OMNI_RUNTIME_CACHE", str(root))
     try:
         with pytest.raises(ValueError) as e:
