@@ -36,44 +36,23 @@ import itertools
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from omni_kernels.paged_kv_cache import PagedKVCache
 
+from .memory import default_num_blocks
 from .model_runner import ModelRunner
 from .protocol import check_decoder_lm
 from .requests import as_id_list, check_embeds, make_positions, positive_int
 from .sampling import SamplingParams, make_generator
 from .sampler import sample_step
 from .scheduler import KVCacheFullError, Scheduler
-from .sequence import FINISHED, Piece, Sequence, StepRows, TokenEvent
+from .sequence import FINISHED, Piece, Sequence, StepResult, StepRows
 from .streams import StreamsMixin
 
 __all__ = ["Engine", "StepResult", "KVCacheFullError"]
-
-
-@dataclass
-class StepResult:
-    """What one step did for one sequence: num_tokens computed, in which mode ("prefill",
-    "chunked_prefill", "decode"), and the token sampled after them as a TokenEvent (None for a
-    prefill chunk that does not end the known inputs)."""
-
-    seq: Sequence
-    num_tokens: int
-    mode: str
-    event: Optional[TokenEvent] = None
-
-
-def _default_num_blocks(model, block_size, max_num_seqs, max_model_len):
-    from .memory import kv_budget_bytes
-    from omni_kernels.paged_kv_cache import bytes_per_block
-
-    per_block = bytes_per_block(model.num_layers, model.num_kv_heads, model.head_dim, block_size, model.dtype)
-    want = max_num_seqs * -(-max_model_len // block_size)
-    return max(1, min(want, kv_budget_bytes(model.device) // per_block))
 
 
 class Engine(StreamsMixin):
@@ -105,7 +84,7 @@ class Engine(StreamsMixin):
         self.max_model_len, self.max_num_seqs = max_model_len, max_num_seqs
         if kv_cache is None:
             if num_blocks is None and memory_budget_bytes is None:
-                num_blocks = _default_num_blocks(model, block_size, max_num_seqs, max_model_len)
+                num_blocks = default_num_blocks(model, block_size, max_num_seqs, max_model_len)
             kv_cache = PagedKVCache(model.num_layers, model.num_kv_heads, model.head_dim, block_size, self.dtype,
                                     self.device, num_blocks=num_blocks, memory_budget_bytes=memory_budget_bytes,
                                     enable_prefix_caching=enable_prefix_caching)
@@ -253,11 +232,14 @@ class Engine(StreamsMixin):
     def _poll_providers(self) -> None:
         for seq in self.running + self.waiting:
             while seq.input_provider is not None and len(seq._fed) < len(seq.output_ids) and not seq.finished:
-                embeds = seq.input_provider(seq, seq.output_ids[len(seq._fed)])
-                if embeds is None:
-                    break
-                seq.feed(check_embeds(embeds, 1, self.model.hidden_size, self.device, self.dtype, "input_provider()",
-                                      check_finite=False)[0])
+                try:
+                    embeds = seq.input_provider(seq, seq.output_ids[len(seq._fed)])
+                    if embeds is None:
+                        break
+                    seq.feed(check_embeds(embeds, 1, self.model.hidden_size, self.device, self.dtype,
+                                          "input_provider()", check_finite=False)[0])
+                except Exception as e:  # a failing provider ends its own request only
+                    self._fail(seq, e, "input_provider")
 
     @torch.inference_mode()
     def step(self) -> list[StepResult]:
@@ -296,6 +278,7 @@ class Engine(StreamsMixin):
                 seq.num_rows_handed_out = first + n
             seq.num_computed += n
             results.append(StepResult(seq, n, out.mode))
+        samplers = [(s, i) for s, i in samplers if not s.finished]  # a failed sink ended it
         if samplers:
             logits = out.logits[torch.tensor([i for _, i in samplers], device=out.logits.device)]
             events = sample_step(self, [s for s, _ in samplers], logits)
@@ -313,7 +296,16 @@ class Engine(StreamsMixin):
             if prompt_end > a:
                 seq._prompt_logits.append(out.logits[where[a]:where[prompt_end - 1] + 1].float())
         if seq.sink is not None:
-            seq.sink(rows)
+            try:
+                seq.sink(rows)
+            except Exception as e:  # the owner's callback failed: end its request, not everyone's step
+                self._fail(seq, e, "sink")
+
+    def _fail(self, seq: Sequence, error: Exception, what: str) -> None:
+        """End a request whose callback raised; its stream re-raises the error to its consumer."""
+        seq.error = RuntimeError(f"{what} of {seq!r} raised {type(error).__name__}: {error}")
+        seq.error.__cause__ = error
+        self._finish(seq, "error")
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.scheduler.remove(seq)

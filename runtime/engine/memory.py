@@ -16,7 +16,7 @@ import torch
 
 from omni_kernels.paged_kv_cache import PagedKVCache, bytes_per_block
 
-__all__ = ["plan_kv_caches", "kv_budget_bytes"]
+__all__ = ["plan_kv_caches", "kv_budget_bytes", "default_num_blocks"]
 
 CPU_DEFAULT_BUDGET = 2 << 30
 
@@ -57,3 +57,10 @@ def plan_kv_caches(requests: dict, device, *, memory_budget_bytes: Optional[int]
         caches[name] = PagedKVCache(model.num_layers, model.num_kv_heads, model.head_dim, block_size, model.dtype,
                                     device, num_blocks=blocks, enable_prefix_caching=enable_prefix_caching)
     return caches
+
+
+def default_num_blocks(model, block_size, max_num_seqs, max_model_len):
+    """Blocks for max_num_seqs sequences of max_model_len tokens, within the device's budget."""
+    per_block = bytes_per_block(model.num_layers, model.num_kv_heads, model.head_dim, block_size, model.dtype)
+    want = max_num_seqs * -(-max_model_len // block_size)
+    return max(1, min(want, kv_budget_bytes(model.device) // per_block))

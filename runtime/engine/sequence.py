@@ -21,7 +21,7 @@ import torch
 
 from .sampling import SamplingParams
 
-__all__ = ["WAITING", "RUNNING", "FINISHED", "Piece", "Sequence", "TokenEvent", "StepRows"]
+__all__ = ["WAITING", "RUNNING", "FINISHED", "Piece", "Sequence", "TokenEvent", "StepRows", "StepResult"]
 
 WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
 
@@ -63,11 +63,24 @@ class StepRows:
     token_id: Optional[int] = None
 
 
+@dataclass
+class StepResult:
+    """What one step did for one sequence: num_tokens computed, in which mode ("prefill",
+    "chunked_prefill", "decode"), and the token sampled after them as a TokenEvent (None for a
+    prefill chunk that does not end the known inputs)."""
+
+    seq: "Sequence"
+    num_tokens: int
+    mode: str
+    event: Optional[TokenEvent] = None
+
+
 class Sequence:
     """One request; read-only for callers (change it through the engine).
 
     token_ids: prompt then generated ids; output_ids / text: what was generated; finish_reason:
-    "stop" (a stop id), "length" (max_new_tokens or max_model_len), "abort". With
+    "stop" (a stop id), "length" (max_new_tokens or max_model_len), "abort", "error" (its sink or
+    input provider raised: `error`, re-raised by its stream). With
     keep_hidden_states: `hidden_states` / `input_embeds` (T, H) of every computed position; with
     return_logits: `prompt_logits` (P, V) and `output_logits` (generated, V), fp32. Timings
     (perf_counter): t_added, t_first_token, t_finished. Events: `Engine.stream(seq)`.
@@ -88,6 +101,7 @@ class Sequence:
         self.output_ids: list[int] = []
         self.text = ""
         self.finish_reason: Optional[str] = None
+        self.error: Optional[Exception] = None  # why it ended with finish_reason "error"
         self.generator: Optional[torch.Generator] = None
         self.cache_salt = None
         self.detokenizer = None

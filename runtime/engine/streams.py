@@ -66,6 +66,8 @@ class StreamsMixin:
                 if seq.events:
                     yield seq.events.popleft()
                 elif seq.finished:
+                    if seq.error is not None:
+                        raise seq.error
                     return
                 else:
                     self.wait_until(lambda: bool(seq.events) or seq.finished, timeout)
@@ -81,6 +83,8 @@ class StreamsMixin:
                 if seq.events:
                     yield seq.events.popleft()
                 elif seq.finished:
+                    if seq.error is not None:
+                        raise seq.error
                     return
                 else:
                     await asyncio.to_thread(self.wait_until, lambda: bool(seq.events) or seq.finished, timeout)
@@ -121,6 +125,9 @@ class StreamsMixin:
                 if pending:
                     yield min(pending, key=lambda s: s.events[0].order).events.popleft()
                 elif all(s.finished for s in seqs):
+                    failed = [s for s in seqs if s.error is not None]
+                    if failed:
+                        raise failed[0].error
                     return
                 else:
                     self.wait_until(ready)

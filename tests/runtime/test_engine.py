@@ -304,3 +304,24 @@ def test_feed_and_protocol_errors(lm):
         Engine(RMSNorm(4, 1e-6))
     with pytest.raises(ValueError, match="input_provider needs external_inputs"):
         engine.add_request([1], input_provider=lambda s, t: None)
+
+
+def test_a_failing_callback_ends_only_its_own_request(lm, solo, one_thread):
+    engine = Engine(lm, max_num_seqs=4, num_blocks=64)
+    good = engine.add_request(_prompts(1, seed=31)[0], _params())
+
+    def sink(rows):
+        raise KeyError("boom")
+
+    bad = engine.add_request(_prompts(1, seed=32)[0], _params(), sink=sink)
+    toy = ToyLM()
+    toy_engine = Engine(toy, num_blocks=16, max_model_len=64)
+    fed_badly = toy_engine.add_request([0, 0], _params(), inputs_embeds=torch.randn(2, 24), external_inputs=True,
+                                       input_provider=lambda seq, token: torch.randn(5))  # wrong width
+    with pytest.raises(RuntimeError, match="sink .* raised KeyError"):
+        list(engine.stream(bad))
+    assert bad.finish_reason == "error" and [ev.token_id for ev in engine.stream(good)] == solo(good.prompt_ids)
+    with pytest.raises(RuntimeError, match=r"input_provider .* raised ValueError.*\(1, 24\)"):
+        list(toy_engine.stream(fed_badly, timeout=60))
+    assert not engine.has_unfinished and not toy_engine.has_unfinished
+    assert engine.block_manager.num_free_blocks == 64
