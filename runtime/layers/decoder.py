@@ -20,7 +20,7 @@ from torch import nn
 from omni_kernels import paged_decode_attention, paged_prefill_attention, store_kv, tmrope_attention
 from omni_kernels.rotary import apply_rotate_half
 
-from .mlp import MLP
+from .mlp import MLP, linear
 from .norm import RMSNorm
 from .rotary import mrope_cos_sin
 from .weights import Embedding
@@ -67,9 +67,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, state, rope, k_cache, v_cache) -> torch.Tensor:
         n = x.shape[0]
-        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        q = linear(x, self.q_proj).view(n, self.num_heads, self.head_dim)
+        k = linear(x, self.k_proj).view(n, self.num_kv_heads, self.head_dim)
+        v = linear(x, self.v_proj).view(n, self.num_kv_heads, self.head_dim)
         rope_args = dict(mrope_section=self.mrope_section, rope_theta=self.rope_theta, scale=self.scale)
         if state.mode == PREFILL:
             o, k = tmrope_attention(q, k, v, state.positions, state.cu_seqlens_q, max_seqlen=state.max_seqlen_q,
@@ -85,7 +85,7 @@ class Attention(nn.Module):
             store_kv(apply_rotate_half(k, *rope), v, k_cache, v_cache, state.slot_mapping, **_TRUSTED)
             o = paged_decode_attention(q, k_cache, v_cache, state.block_tables, state.seq_lens, scale=self.scale,
                                        max_seq_len=state.max_seq_len, **_TRUSTED)
-        return self.o_proj(o.reshape(n, self.num_heads * self.head_dim))
+        return linear(o.reshape(n, self.num_heads * self.head_dim), self.o_proj)
 
 
 class DecoderLayer(nn.Module):
