@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights and compute dtype (default: bf16 on cuda, fp32 on cpu)")
     r.add_argument("--max-model-len", type=_int, metavar="N", help="context length (default: the config's "
                    "max_position_embeddings)")
+    r.add_argument("--no-cuda-graphs", action="store_true", help="run the decode step eagerly on CUDA "
+                   "(default: captured as CUDA graphs; no effect on CPU)")
     r.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for torch (default: "
                    "$OMNI_RUNTIME_THREADS, else $OMP_NUM_THREADS, else one per two usable CPUs; see "
                    "omni_runtime.threads)")

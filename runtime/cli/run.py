@@ -79,6 +79,8 @@ def run_turn(args, write_text) -> dict:
 
     t0 = time.perf_counter()
     engine_kwargs = {"max_model_len": args.max_model_len} if args.max_model_len else {}
+    if args.no_cuda_graphs:
+        engine_kwargs["cuda_graphs"] = False
     thinker = Thinker.from_checkpoint(path, device=device, dtype=dtype,
                                       progress=None if args.quiet else ProgressLine("loading thinker"),
                                       engine_kwargs=engine_kwargs)

@@ -459,3 +459,18 @@ def test_help_and_argument_errors_do_not_import_torch(tmp_path, cache, args):
     probe = json.loads(out.read_text())
     assert probe["rc"] == (0 if args == ["--help"] else 2), p.stderr
     assert probe == {"rc": probe["rc"], "torch": False, "json": False, "numpy": False}
+
+
+def test_no_cuda_graphs_reaches_the_engine(monkeypatch, capsys):
+    from omni_runtime.thinker.thinker import Thinker
+
+    seen = {}
+    real = Thinker.from_checkpoint.__func__
+
+    def spy(cls, *a, **k):
+        seen.update(k.get("engine_kwargs") or {})
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(Thinker, "from_checkpoint", classmethod(spy))
+    assert cli.main(["--prompt", "hi", "--max-new-tokens", "1", "--no-cuda-graphs", "--quiet"]) == 0
+    assert seen.get("cuda_graphs") is False
