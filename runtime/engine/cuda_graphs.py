@@ -42,8 +42,14 @@ class DecodeGraphs:
         for bs in sorted(self.sizes, reverse=True):
             state.decode_views(bs)
             x = self.embeds[:bs]
-            self.model.forward_embeds(x, state, self.kv_caches)  # warm-up: compiles the kernels
-            torch.cuda.synchronize()
+            # warm-up on a side stream (compiles the kernels, creates the cuBLAS workspaces), as
+            # torch.cuda.graph's documentation asks
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.model.forward_embeds(x, state, self.kv_caches)
+            torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 out = self.model.forward_embeds(x, state, self.kv_caches)
