@@ -116,12 +116,12 @@ class PromptProcessor:
                 m.mel = log_mel_features(_waveform(m.value), device=dev, chunk_length=chunk)
                 timings["audio_features_s"] = timings.get("audio_features_s", 0.0) + time.perf_counter() - t0
             elif m.kind == "image":
-                pixel_values, grid = preprocess_image(_image(m.value), **{**self.image_kwargs, **opts.image_kwargs()})
+                pixel_values, grid = preprocess_image(_image(m.value), **self.pixel_kwargs, **opts.image_kwargs())
                 m.pixel_values, m.grid = pixel_values, tuple(grid[0].tolist())
                 timings["image_preprocess_s"] = timings.get("image_preprocess_s", 0.0) + time.perf_counter() - t0
             else:
                 frames, fps, audio = _video(m.value, opts.video_fps, use_audio_in_video, opts.video_max_frames)
-                pixel_values, grid, spg = preprocess_video(frames, fps, **{**self.video_kwargs, **opts.video_kwargs()})
+                pixel_values, grid, spg = preprocess_video(frames, fps, **self.pixel_kwargs, **opts.video_kwargs())
                 m.pixel_values, m.grid, m.second_per_grid = pixel_values, tuple(grid[0].tolist()), spg
                 if use_audio_in_video:
                     m.mel = log_mel_features(audio, device=dev, chunk_length=chunk)

@@ -118,9 +118,9 @@ class Thinker(PromptProcessor):
         sizes = dict(patch_size=vc.patch_size, merge_size=vc.spatial_merge_size,
                      temporal_patch_size=vc.temporal_patch_size)
         image_kwargs = image_kwargs_from_preprocessor_config(preprocessor_config or {})
-        # the vision config decides the patching (the encoder cannot take anything else)
-        self.image_kwargs = {**image_kwargs, **sizes}
-        self.video_kwargs = {**{k: v for k, v in image_kwargs.items() if k in ("image_mean", "image_std")}, **sizes}
+        # Images and video frames: the checkpoint's mean / std, the vision config's patching (the
+        # encoder cannot take anything else); the pixel bounds come from media_options only.
+        self.pixel_kwargs = {**{k: v for k, v in image_kwargs.items() if k in ("image_mean", "image_std")}, **sizes}
         # audio chunk length and pixel bounds from the checkpoint, then the caller's overrides
         self.media_options = self.resolve_media_options(media_options,
                                                         MediaOptions.from_preprocessor_config(preprocessor_config))

@@ -65,9 +65,10 @@ class Pair:
 
     def __init__(self, src, tmp):
         self.path, self.stops = _sharpen(src, tmp / "sharp")
-        self.ours = Thinker.from_checkpoint(self.path, dtype="fp32", engine_kwargs=ENGINE)
         # small videos: the processor's 128*28*28 minimum would upscale every test frame
-        self.ours.video_kwargs.update(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+        self.ours = Thinker.from_checkpoint(self.path, dtype="fp32", engine_kwargs=ENGINE,
+                                            media_options=dict(video_min_pixels=28 * 28 * 4,
+                                                               video_max_pixels=28 * 28 * 16))
         self.hf = transformers.Qwen2_5OmniForConditionalGeneration.from_pretrained(
             str(self.path), dtype=torch.float32, attn_implementation="sdpa").thinker.eval()
         self._refs = {}
