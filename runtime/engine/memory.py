@@ -41,9 +41,7 @@ def plan_kv_caches(requests: dict, device, *, memory_budget_bytes: Optional[int]
         raise ValueError(f"memory_budget_bytes must be a positive int, got {budget!r}")
     per_block, want = {}, {}
     for name, (model, seqs, max_len) in requests.items():
-        per_block[name] = bytes_per_block(model.num_layers, model.num_kv_heads, model.head_dim, block_size,
-                                          model.dtype)
-        want[name] = seqs * -(-max_len // block_size)
+        per_block[name], want[name] = _ask(model, block_size, seqs, max_len)
     asked = sum(want[n] * per_block[n] for n in requests)
     scale = min(1.0, budget / asked)
     caches = {}
@@ -59,8 +57,13 @@ def plan_kv_caches(requests: dict, device, *, memory_budget_bytes: Optional[int]
     return caches
 
 
+def _ask(model, block_size: int, max_num_seqs: int, max_model_len: int) -> tuple[int, int]:
+    """(bytes per block, blocks for max_num_seqs sequences of max_model_len tokens)."""
+    per_block = bytes_per_block(model.num_layers, model.num_kv_heads, model.head_dim, block_size, model.dtype)
+    return per_block, max_num_seqs * -(-max_model_len // block_size)
+
+
 def default_num_blocks(model, block_size, max_num_seqs, max_model_len):
     """Blocks for max_num_seqs sequences of max_model_len tokens, within the device's budget."""
-    per_block = bytes_per_block(model.num_layers, model.num_kv_heads, model.head_dim, block_size, model.dtype)
-    want = max_num_seqs * -(-max_model_len // block_size)
+    per_block, want = _ask(model, block_size, max_num_seqs, max_model_len)
     return max(1, min(want, kv_budget_bytes(model.device) // per_block))

@@ -135,17 +135,12 @@ class Scheduler:
                     bm.append(seq.seq_id, ids)
                 return True
             except OutOfBlocksError as e:
-                error = e
-                victims = [s for s in self.running if s.seq_id not in in_step and s is not seq]
-                victim = max(victims, key=lambda s: s.seq_id) if victims else None
-                if victim is None or victim.seq_id < seq.seq_id:
-                    # this one is the newest: it yields instead (unless it is alone, which the
-                    # admission checks make impossible: a request always fits an empty cache)
-                    victim = seq if len(self.running) > 1 or victims else None
-                if victim is None:
+                if len(self.running) == 1:  # alone and still short: someone else holds the blocks
                     raise KVCacheFullError(
-                        f"KV cache full while writing {len(ids)} token(s) of {seq!r}: {error}; nothing else holds "
-                        "blocks that could be freed (is the cache shared with another user?)") from error
+                        f"KV cache full while writing {len(ids)} token(s) of {seq!r}: {e}; nothing else holds "
+                        "blocks that could be freed (is the cache shared with another user?)") from e
+                # the newest running sequence not yet in this step -- possibly this one itself
+                victim = max((s for s in self.running if s.seq_id not in in_step), key=lambda s: s.seq_id)
                 self.preempt(victim)
                 batch.preempted.append(victim)
                 if victim is seq:

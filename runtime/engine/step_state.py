@@ -22,22 +22,17 @@ from typing import Optional, Sequence as Seq
 import torch
 
 from ..layers import CHUNKED_PREFILL, DECODE, PREFILL
+from .requests import positive_int
 
 __all__ = ["StepState"]
-
-
-def _positive(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
 
 
 class StepState:
     def __init__(self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int, device,
                  max_seq_len: Optional[int] = None):
-        self.max_num_tokens = _positive("max_num_tokens", max_num_tokens)
-        self.max_num_seqs = _positive("max_num_seqs", max_num_seqs)
-        self.max_blocks_per_seq = _positive("max_blocks_per_seq", max_blocks_per_seq)
+        self.max_num_tokens = positive_int("max_num_tokens", max_num_tokens)
+        self.max_num_seqs = positive_int("max_num_seqs", max_num_seqs)
+        self.max_blocks_per_seq = positive_int("max_blocks_per_seq", max_blocks_per_seq)
         self.device = torch.device(device)
         # Steers the split-KV factor of decode; a constant (the model's longest length) so a graph
         # captured once fits every later replay.

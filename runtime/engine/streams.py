@@ -23,6 +23,20 @@ from .sequence import Sequence, TokenEvent
 
 __all__ = ["StreamsMixin"]
 
+_END = object()
+
+
+def _next_event(seq: Sequence):
+    """The sequence's next event; None while none is ready; _END once it has ended (raising
+    the error of a request whose callback failed)."""
+    if seq.events:
+        return seq.events.popleft()
+    if not seq.finished:
+        return None
+    if seq.error is not None:
+        raise seq.error
+    return _END
+
 
 class StreamsMixin:
     def _init_streams(self) -> None:
@@ -63,14 +77,13 @@ class StreamsMixin:
         """The sequence's events as they are generated. Leaving the loop early aborts it."""
         try:
             while True:
-                if seq.events:
-                    yield seq.events.popleft()
-                elif seq.finished:
-                    if seq.error is not None:
-                        raise seq.error
+                ev = _next_event(seq)
+                if ev is _END:
                     return
-                else:
+                if ev is None:
                     self.wait_until(lambda: bool(seq.events) or seq.finished, timeout)
+                else:
+                    yield ev
         finally:
             if abort_on_exit and not seq.finished:
                 self.abort(seq)
@@ -80,14 +93,13 @@ class StreamsMixin:
         Cancelling the task or `aclose()` aborts the request."""
         try:
             while True:
-                if seq.events:
-                    yield seq.events.popleft()
-                elif seq.finished:
-                    if seq.error is not None:
-                        raise seq.error
+                ev = _next_event(seq)
+                if ev is _END:
                     return
-                else:
+                if ev is None:
                     await asyncio.to_thread(self.wait_until, lambda: bool(seq.events) or seq.finished, timeout)
+                else:
+                    yield ev
         finally:
             if not seq.finished:
                 self.abort(seq)
