@@ -3,9 +3,10 @@ logits.
 
 `prepare` turns the scheduled (sequence, n tokens) items into one packed step: host metadata is
 built here (slots from each sequence's block table, positions from its kept inputs) and copied
-once into the StepState's persistent buffers; input embeddings go to a persistent buffer too. A
-decode step is padded to a capture size when CUDA graphs are on (or `pad_decode=True`, which runs
-the same static-buffer path eagerly -- on the CPU that is how the discipline is tested). Nothing
+once into the StepState's persistent buffers. A decode step is padded to a capture size when CUDA
+graphs are on (or `pad_decode=True`, which runs the same static-buffer path eagerly -- on the CPU
+that is how the discipline is tested); its input embeddings then go to a persistent buffer too
+(other steps use them where they are: no copy of a long prefill's embeddings). Nothing
 inside the forward reads the device on the host.
 """
 from __future__ import annotations
@@ -49,7 +50,8 @@ class ModelRunner:
         # With graphs the split-KV factor must not depend on the step: fix it from the model length.
         self.state = StepState(self.max_num_tokens, self.sizes[-1], max_blocks, self.device,
                                max_seq_len=max_model_len if self.pad_decode else None)
-        self.embeds = torch.zeros(self.max_num_tokens, model.hidden_size, dtype=self.dtype, device=self.device)
+        # input embeddings of a padded decode step (only decode replays a graph)
+        self.embeds = torch.zeros(self.sizes[-1], model.hidden_size, dtype=self.dtype, device=self.device)
         self.graphs: Optional[DecodeGraphs] = None
         if cuda_graphs:
             self.graphs = DecodeGraphs(model, self.state, self.kv_caches, self.embeds, self.sizes)
@@ -114,19 +116,15 @@ class ModelRunner:
         return mode, ids, torch.cat(positions, 1), segments, slots, self._table_tensor(tables), seq_lens, qlens, spans
 
     def _embed(self, segments, n: int) -> torch.Tensor:
-        """The step's input embeddings, written into the persistent buffer."""
-        x = self.embeds[:n]
+        """The step's input embeddings: token embeddings, with caller-given rows where given."""
         if all(e is None for _, e in segments):
-            x.copy_(self.model.embed(self.state.input_ids[:n]))
-            return x
-        row = 0
+            return self.model.embed(self.state.input_ids[:n])
+        parts, row = [], 0
         for seg_ids, seg_embeds in segments:
             k = len(seg_ids)
-            if seg_embeds is None:
-                seg_embeds = self.model.embed(self.state.input_ids[row:row + k])
-            x[row:row + k].copy_(seg_embeds)
+            parts.append(self.model.embed(self.state.input_ids[row:row + k]) if seg_embeds is None else seg_embeds)
             row += k
-        return x
+        return torch.cat(parts)
 
     # ------------------------------------------------------------------ run
     @torch.inference_mode()
@@ -139,13 +137,14 @@ class ModelRunner:
         self.kv_cache.apply_pending_copies()
         state = self.state.prepare(mode, ids, positions, slots, tables, seq_lens, qlens, pad_to=pad_to)
         x = self._embed(segments, n)
-        if pad_to is not None:
+        if pad_to is not None:  # the static-buffer path (what a graph replays): pad rows are zeros
+            self.embeds[:n].copy_(x)
             self.embeds[n:pad_to].zero_()
-        total = state.num_tokens
+            x = self.embeds[:n]
         if self.graphs is not None and mode == DECODE:
             hidden = self.graphs.replay(pad_to)
         else:
-            hidden = self.model.forward_embeds(self.embeds[:total], state, self.kv_caches)
+            hidden = self.model.forward_embeds(x if pad_to is None else self.embeds[:pad_to], state, self.kv_caches)
         hidden = hidden[:n]
         logits = None
         if logit_rows:
