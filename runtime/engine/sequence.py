@@ -53,14 +53,13 @@ class TokenEvent:
 @dataclass
 class StepRows:
     """What one step computed for one sequence: rows [start, start + n) of the sequence, their
-    final-norm hidden states and input embeddings (n, H) -- views valid until the next step, copy
-    what you keep -- and the token sampled after them (None when the step did not sample)."""
+    final-norm hidden states and input embeddings (n, H) -- views valid until the next step: copy
+    what you keep. (The token sampled after them arrives as the sequence's next event.)"""
 
     seq: "Sequence"
     start: int
     hidden_states: torch.Tensor
     inputs_embeds: torch.Tensor
-    token_id: Optional[int] = None
 
 
 @dataclass
