@@ -50,7 +50,7 @@ __all__ = [
 PRESETS = ("tiny", "7b-ratios")
 NOTE = "random weights: meaningless words and sounds, real compute path"
 # Bump when the written files change, so cached directories from older versions are rewritten.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _STAMP = ".omni_runtime_tiny_version"
 
 # Ids above the tokenizer's tokens in the embedding table, mirroring the 7B where the tts_text_*
@@ -58,9 +58,14 @@ _STAMP = ".omni_runtime_tiny_version"
 _VOCAB = 512
 _TTS_TEXT_PAD, _TTS_TEXT_START, _TTS_TEXT_END = 500, 501, 502
 _SPEAKER_BOS = {"Chelsie": 510, "Ethan": 511}
-# Codec ids: codes 0..num_embeds-1 feed the DiT; pad/bos/eos/mask sit above them as in the 7B
-# (8292..8296 over num_embeds 8193), and the talker vocabulary is larger than the DiT's table.
-_CODEC = {"num_embeds": 100, "vocab": 128, "pad": 112, "bos": 113, "eos": 114, "mask": 116}
+# Codec ids. "tiny" (the embedded checkpoint of the main job): the DiT's table (num_embeds + 1
+# rows) covers the whole talker vocabulary, so every code a random talker emits is one the codec
+# takes. "7b-ratios": the 7B's numbers -- a codec vocabulary of 8448 over a DiT table of 8193 rows,
+# pad/bos/eos/mask at 8292/8293/8294/8296 -- so codes the codec cannot take do occur.
+_CODEC = {
+    "tiny": {"num_embeds": 128, "vocab": 128, "pad": 112, "bos": 113, "eos": 114, "mask": 116},
+    "7b-ratios": {"num_embeds": 8192, "vocab": 8448, "pad": 8292, "bos": 8293, "eos": 8294, "mask": 8296},
+}
 
 # Words merged into single tokens, so role names are one id each as in Qwen's vocabulary.
 _MERGE_WORDS = (
@@ -153,12 +158,15 @@ def tiny_config(preset: str = "tiny", tokenizer=None) -> OmniConfig:
                     num_key_value_heads=1, mrope=[16, 24, 24])
         audio = dict(d_model=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=512)
         vision = dict(depth=4, hidden_size=160, num_heads=2, intermediate_size=432, fullatt_block_indexes=[1, 3])
-        talker = dict(hidden_size=224, intermediate_size=448, num_hidden_layers=2, num_attention_heads=3,
-                      num_key_value_heads=1, head_dim=128, mrope=[16, 24, 24])
+        # The 7B talker's ratios at its real width: 12 query / 4 KV heads of head_dim 128 over hidden
+        # 896 (q_proj widens 896 -> 1536).
+        talker = dict(hidden_size=896, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=12,
+                      num_key_value_heads=4, head_dim=128, mrope=[16, 24, 24])
         dit = dict(hidden_size=128, num_attention_heads=2, head_dim=64, num_hidden_layers=4, emb_dim=64,
                    enc_emb_dim=48, enc_dim=32, enc_channels=[64, 64, 64, 64, 192], enc_attention_channels=16,
                    enc_se_channels=16)
     hidden = text["hidden_size"]
+    codec = _CODEC[preset]
     rope = lambda m: {"mrope_section": m, "rope_type": "default", "type": "default"}  # noqa: E731
     d = {
         "architectures": ["Qwen2_5OmniForConditionalGeneration"],
@@ -221,7 +229,7 @@ def tiny_config(preset: str = "tiny", tokenizer=None) -> OmniConfig:
         },
         "talker_config": {
             "model_type": "qwen2_5_omni_talker",
-            "vocab_size": _CODEC["vocab"],
+            "vocab_size": codec["vocab"],
             "embedding_size": hidden,
             "hidden_size": talker["hidden_size"],
             "intermediate_size": talker["intermediate_size"],
@@ -237,10 +245,10 @@ def tiny_config(preset: str = "tiny", tokenizer=None) -> OmniConfig:
             "use_sliding_window": False,
             "sliding_window": 32768,
             "max_window_layers": 28,
-            "tts_codec_pad_token_id": _CODEC["pad"],
-            "tts_codec_start_token_id": _CODEC["bos"],
-            "tts_codec_end_token_id": _CODEC["eos"],
-            "tts_codec_mask_token_id": _CODEC["mask"],
+            "tts_codec_pad_token_id": codec["pad"],
+            "tts_codec_start_token_id": codec["bos"],
+            "tts_codec_end_token_id": codec["eos"],
+            "tts_codec_mask_token_id": codec["mask"],
             "tts_text_pad_token_id": _TTS_TEXT_PAD,
             "tts_text_start_token_id": _TTS_TEXT_START,
             "tts_text_end_token_id": _TTS_TEXT_END,
@@ -261,7 +269,7 @@ def tiny_config(preset: str = "tiny", tokenizer=None) -> OmniConfig:
                 "model_type": "qwen2_5_omni_dit",
                 "ff_mult": 2,
                 "mel_dim": 80,
-                "num_embeds": _CODEC["num_embeds"],
+                "num_embeds": codec["num_embeds"],
                 "repeats": 2,
                 "block_size": 24,
                 "look_ahead_layers": [2],
