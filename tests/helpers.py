@@ -39,3 +39,51 @@ def unwritable_dir(monkeypatch, path):
 
         monkeypatch.setattr(os, "mkdir", mkdir)
     return path
+
+
+def sharpen_checkpoint(src, dst, prefixes=("thinker.",), seed=0):
+    """Copy a checkpoint, re-drawing the weights under `prefixes` so greedy ids are meaningful:
+    the default 0.02 init gives nearly flat logits, where near-ties would make id comparisons
+    test rounding instead of the model. Decoder linears at unit-scale logits (1 / sqrt(fan_in),
+    2x for the output heads), encoders and other linears at 0.5 / sqrt(fan_in), the codec
+    embeddings ~1, norms ~1, biases 0.1; the stop ids' head rows are zeroed (the Thinker's eos from
+    generation_config.json, the Talker's codec pad and eos) so every generation runs to its length.
+    Returns (dst, the Thinker's stop ids)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    config = json.loads((dst / "config.json").read_text())
+    stops = json.loads((dst / "generation_config.json").read_text())["eos_token_id"]
+    talker = config["talker_config"]
+    heads = {"thinker.lm_head.weight": stops,
+             "talker.codec_head.weight": [talker["tts_codec_pad_token_id"], talker["tts_codec_end_token_id"]]}
+    g = torch.Generator().manual_seed(seed)
+    for shard in sorted(set(index["weight_map"].values())):
+        tensors = load_file(str(dst / shard))
+        touched = False
+        for name, p in tensors.items():
+            if not name.startswith(tuple(prefixes)):
+                continue
+            touched = True
+            r = torch.randn(p.shape, generator=g)
+            module, leaf = name.rsplit(".", 2)[-2:]
+            if p.dim() == 1:
+                is_norm = leaf == "weight" and ("norm" in module or module in ("ln_q", "ln_post"))
+                tensors[name] = 1 + 0.1 * r if is_norm else 0.1 * r
+            elif name == "talker.model.embed_tokens.weight":
+                tensors[name] = r  # codec embeddings, added to the Thinker's O(1) rows
+            elif p.dim() == 2 and name.startswith(("thinker.model.", "thinker.lm_head.", "talker.")):
+                tensors[name] = r / p.shape[1] ** 0.5 * (2.0 if name in heads else 1.0)
+            elif p.dim() == 2:
+                tensors[name] = 0.5 * r / p.shape[1] ** 0.5
+            if name in heads:
+                for s in heads[name]:
+                    tensors[name][s] = 0
+                    tensors[name][s, 0] = -1e-3
+        if touched:
+            save_file(tensors, str(dst / shard), metadata={"format": "pt"})
+    return dst, list(stops)

@@ -47,6 +47,21 @@ class StreamsMixin:
         with self._cv:
             self._cv.notify_all()
 
+    def try_step(self) -> Optional[bool]:
+        """One step unless someone else is driving: True if it ran something, False if nothing
+        could run, None if another driver holds the engine (its events still reach every queue).
+        For pipelines that drive several engines from one loop."""
+        with self._cv:
+            if self._driving:
+                return None
+            self._driving = True
+        try:
+            return bool(self.step())
+        finally:
+            with self._cv:
+                self._driving = False
+                self._cv.notify_all()
+
     def wait_until(self, ready: Callable[[], bool], timeout: Optional[float] = None) -> None:
         """Drive (or wait for whoever drives) the engine until ready() holds. TimeoutError after
         `timeout` seconds (None: no limit)."""

@@ -8,14 +8,13 @@ import time
 
 import torch
 
-from omni_kernels import rope_index
-
 from ..io.chat import item_kind, render_prompt
 from ..io.placeholders import expand_placeholder_ids
 from ..media.image import preprocess_image
 from ..media.mel import log_mel_features
 from ..media.options import MediaOptions
 from ..media.video import preprocess_video
+from .positions import rope_positions
 from .items import KINDS, Media, _as_list, _image, _is_ids, _scatter, _video, _waveform
 
 __all__ = ["PromptProcessor"]
@@ -166,22 +165,13 @@ class PromptProcessor:
     def _positions(self, ids: list[int], media: list[Media], use_audio_in_video: bool):
         """rope_index over `ids` -> ((3, L) int64 CPU, delta)."""
         th = self.thinker_config
-        images = [m.grid for m in media if m.kind == "image"]
         videos = [m for m in media if m.kind == "video"]
-        lengths = [int(m.mel.shape[1]) for m in media if m.mel is not None]
-        pos, delta = rope_index(
-            torch.tensor([ids], dtype=torch.long),
-            image_grid_thw=torch.tensor(images, dtype=torch.long) if images else None,
-            video_grid_thw=torch.tensor([m.grid for m in videos], dtype=torch.long) if videos else None,
-            use_audio_in_video=use_audio_in_video,
-            audio_seqlens=torch.tensor(lengths, dtype=torch.long) if lengths else None,
-            second_per_grids=torch.tensor([m.second_per_grid for m in videos]) if videos else None,
-            spatial_merge_size=th.vision_config.spatial_merge_size,
-            image_token_id=th.image_token_index, video_token_id=th.video_token_index,
-            audio_token_id=th.audio_token_index, vision_start_token_id=th.vision_start_token_id,
-            audio_start_token_id=th.audio_start_token_id, position_id_per_seconds=th.position_id_per_seconds,
-            seconds_per_chunk=th.seconds_per_chunk)
-        return pos[:, 0], int(delta.reshape(-1)[0])
+        return rope_positions(ids, th, spatial_merge_size=th.vision_config.spatial_merge_size,
+                              image_grids=[m.grid for m in media if m.kind == "image"],
+                              video_grids=[m.grid for m in videos],
+                              second_per_grids=[m.second_per_grid for m in videos],
+                              audio_lengths=[int(m.mel.shape[1]) for m in media if m.mel is not None],
+                              use_audio_in_video=use_audio_in_video)
 
     def _check_length(self, n: int) -> None:
         if n > self.max_model_len:

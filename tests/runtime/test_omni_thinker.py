@@ -3,7 +3,7 @@ against transformers' Qwen2_5OmniThinkerForConditionalGeneration on the same che
 
 The checkpoints are `write_tiny_checkpoint` presets ("tiny" and "7b-ratios": GQA 7:1, head_dim 128,
 mrope [16, 24, 24]) in the official layout, with the thinker's weights re-drawn at unit scale
-(`_sharpen`: the default 0.02 init gives nearly flat logits where greedy ties would make id
+(`helpers.sharpen_checkpoint`: the default 0.02 init gives nearly flat logits where greedy ties would make id
 comparisons meaningless) and the stop ids made unreachable, so 32 tokens are always generated.
 transformers loads the very same directory (`Qwen2_5OmniForConditionalGeneration.from_pretrained(...)
 .thinker`) and gets the input_features / feature_attention_mask, pixel_values / image_grid_thw,
@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import sharpen_checkpoint
 from omni_runtime.thinker.thinker import Thinker
 from omni_runtime.engine.sampling import SamplingParams
 from omni_runtime.io.tiny_checkpoint import NOTE
@@ -31,40 +32,11 @@ NEW = 32
 ENGINE = dict(max_model_len=1024, num_blocks=160, block_size=16)
 
 
-def _sharpen(src, dst, seed=0):
-    """Copy a checkpoint, re-drawing the thinker.* weights (LLM at unit-scale logits as
-    test_thinker.py does, encoders at 0.5 / sqrt(fan_in), norms ~1, biases 0.1) and zeroing the
-    lm_head rows of the stop ids. Returns (dst, stop ids)."""
-    shutil.copytree(src, dst)
-    index = json.loads((dst / "model.safetensors.index.json").read_text())
-    stops = json.loads((dst / "generation_config.json").read_text())["eos_token_id"]
-    shard = index["weight_map"]["thinker.lm_head.weight"]
-    tensors = load_file(str(dst / shard))
-    g = torch.Generator().manual_seed(seed)
-    for name, p in tensors.items():
-        if not name.startswith("thinker."):
-            continue
-        r = torch.randn(p.shape, generator=g)
-        module, leaf = name.rsplit(".", 2)[-2:]
-        if p.dim() == 1:
-            is_norm = leaf == "weight" and ("norm" in module or module in ("ln_q", "ln_post"))
-            tensors[name] = 1 + 0.1 * r if is_norm else 0.1 * r
-        elif p.dim() == 2 and name.startswith(("thinker.model.", "thinker.lm_head.")):
-            tensors[name] = r / p.shape[1] ** 0.5 * (2.0 if "lm_head" in name else 1.0)
-        elif p.dim() == 2:
-            tensors[name] = 0.5 * r / p.shape[1] ** 0.5
-    for s in stops:
-        tensors["thinker.lm_head.weight"][s] = 0
-        tensors["thinker.lm_head.weight"][s, 0] = -1e-3
-    save_file(tensors, str(dst / shard), metadata={"format": "pt"})
-    return dst, list(stops)
-
-
 class Pair:
     """Our Thinker and transformers' thinker on one sharpened checkpoint, with memoized references."""
 
     def __init__(self, src, tmp):
-        self.path, self.stops = _sharpen(src, tmp / "sharp")
+        self.path, self.stops = sharpen_checkpoint(src, tmp / "sharp")
         # small videos: the processor's 128*28*28 minimum would upscale every test frame
         self.ours = Thinker.from_checkpoint(self.path, dtype="fp32", engine_kwargs=ENGINE,
                                             media_options=dict(video_min_pixels=28 * 28 * 4,
