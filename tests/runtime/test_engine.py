@@ -186,7 +186,9 @@ def test_padded_static_buffer_path_equals_eager(lm, batch, one_thread):
         assert torch.allclose(a.output_logits, b.output_logits, rtol=1e-5, atol=1e-5)
     for ka, kb in zip(engines[0].kv_cache.key_caches + engines[0].kv_cache.value_caches,
                       engines[1].kv_cache.key_caches + engines[1].kv_cache.value_caches):
-        assert torch.allclose(ka, kb, rtol=1e-5, atol=1e-6)
+        # a pad row writing a slot would differ by O(1); the rest is matmul rounding, which depends
+        # on the batch shape (measured up to 3e-6 on O(1) values)
+        assert torch.allclose(ka, kb, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
