@@ -9,15 +9,16 @@
 #    builds omni_kernels._C (the C++ CPU twin) and omni_kernels._cuda (the paged KV-cache ops, with
 #    the machine's nvcc). If pip fails, `setup.py build_ext --inplace` builds the two modules into
 #    the tree, used through PYTHONPATH (`import omni_kernels` needs _C; the KV-cache ops need _cuda);
-# 3. runs tests/test_gpu_paged.py, tests/test_gpu_kernels.py and tests/test_gpu_engine.py with TRITON_INTERPRET=0
+# 3. runs tests/test_gpu_{paged,kernels,engine,speech}.py with TRITON_INTERPRET=0
 #    (tests/conftest.py defaults it to 1), one pytest process each, their JUnit XMLs merged into one;
 # 4. runs the six kernel benchmarks (paged KV-cache ops, paged decode, paged prefill, tmrope, block
 #    sparse, DiT window), the Thinker end to end vs transformers (bench_thinker: bf16 and fp32) and
 #    the engine's decode tokens/s vs transformers and the plain-loop floor (bench_engine_decode,
-#    bf16), which write benchmarks/results/<device-slug>/bench_*.json;
+#    bf16) and speech out (bench_speech: the Talker and Token2Wav vs transformers), which write
+#    benchmarks/results/<device-slug>/bench_*.json;
 # 5. copies the JSON files and this log into $OUT (what the device tool brings back: at most 8
 #    files, 2 folders deep): $OUT/run_gpu.log and $OUT/<device-slug>/bench_*.json -- exactly 8
-#    files; add no more. The tests' merged JUnit XML and bench_engine_decode.json (the 9th and 10th)
+#    files; add no more. The tests' merged JUnit XML, bench_engine_decode.json and bench_speech.json
 #    are appended to the end of run_gpu.log instead, each between "=== NAME" and "=== end of NAME"
 #    lines (`sed -n '/^=== bench_engine_decode.json/,/^=== end of/p' run_gpu.log | sed '1d;$d'`
 #    gives the JSON back).
@@ -26,14 +27,14 @@
 # (OMNI_BENCH_TOTAL_S, default 540 s): every step gets its share plus whatever earlier steps left,
 # and each benchmark stops starting new cases before its share runs out (results so far are kept;
 # skipped cases are listed in its JSON and output). Shares (s): install 55, test 145, kv_cache 25,
-# paged_decode 40, paged_prefill 30, tmrope 55, block_sparse 60, dit 55, thinker 40,
-# engine_decode 35 = 540 (engine_decode's 35 came out of the benchmarks, which stop early, not out of
-# install or the tests); a benchmark's case budget is its timeout minus RESERVE (start-up, the last
+# paged_decode 40, paged_prefill 30, tmrope 45, block_sparse 50, dit 55, thinker 40,
+# engine_decode 35, speech 20 = 540 (engine_decode's 35 and speech's 20 came out of the kernel
+# benchmarks, which stop early, not out of install or the tests); a benchmark's case budget is its timeout minus RESERVE (start-up, the last
 # case's overrun, the table). thinker and engine_decode run last, so whatever the earlier steps leave
 # unused goes to them (engine_decode also finds the Triton kernels thinker compiled in its cache).
 # Environment knobs: PYTHON (default python3), OMNI_BENCH_TOTAL_S, OMNI_BENCH_SKIP_INSTALL=1,
 # OMNI_BENCH_QUICK=1 (fewer shapes), OMNI_BENCH_STEPS (default
-# "install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker engine_decode"),
+# "install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker engine_decode speech"),
 # OMNI_BENCH_ALLOW_CPU=1 (dry run without a GPU: quick CPU sweeps, results under $TMPDIR only).
 set -uo pipefail
 
@@ -42,7 +43,7 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 START=$(date +%s)
 TOTAL=${OMNI_BENCH_TOTAL_S:-540}
-STEPS=${OMNI_BENCH_STEPS:-"install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker engine_decode"}
+STEPS=${OMNI_BENCH_STEPS:-"install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker engine_decode speech"}
 QUICK=${OMNI_BENCH_QUICK:+--quick}
 OUT_DIR=${OUT:-}
 if [ -n "$OUT_DIR" ]; then
@@ -55,7 +56,7 @@ fi
 # (after the summary, so the terminal's last lines stay the summary). Likewise the JSON of the
 # benchmarks in LOG_ONLY, which would be a 9th file in $OUT.
 XML_MERGED=$(mktemp "${TMPDIR:-/tmp}/omni_test_gpu.XXXXXX.xml")
-LOG_ONLY="bench_engine_decode"
+LOG_ONLY="bench_engine_decode bench_speech"
 LOG_JSON_DIR=$(mktemp -d "${TMPDIR:-/tmp}/omni_bench_logjson.XXXXXX")
 
 main() {
@@ -64,18 +65,18 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Seconds each step is planned to take; a step may use what earlier steps left over.
-declare -A SHARE=([install]=55 [test]=145 [kv_cache]=25 [paged_decode]=40 [paged_prefill]=30 [tmrope]=55
-                  [block_sparse]=60 [dit]=55 [thinker]=40 [engine_decode]=35)
+declare -A SHARE=([install]=55 [test]=145 [kv_cache]=25 [paged_decode]=40 [paged_prefill]=30 [tmrope]=45
+                  [block_sparse]=50 [dit]=55 [thinker]=40 [engine_decode]=35 [speech]=20)
 # Seconds of a benchmark's timeout not given to its cases: interpreter start-up and imports, the
 # last case started before the budget ran out (torch.compile'd peers make those long), the table.
 # thinker, engine_decode: importing transformers and writing the tiny checkpoint count inside their
 # case budget; the reserve covers the last case started (a few seconds) and the table.
 declare -A RESERVE=([kv_cache]=15 [paged_decode]=20 [paged_prefill]=20 [tmrope]=35 [block_sparse]=35 [dit]=35
-                    [thinker]=15 [engine_decode]=10)
+                    [thinker]=15 [engine_decode]=10 [speech]=10)
 declare -A MODULE=([kv_cache]=bench_kv_cache_ops [paged_decode]=bench_paged_decode_attention
                    [paged_prefill]=bench_paged_prefill_attention [tmrope]=bench_tmrope_attention
                    [block_sparse]=bench_block_sparse_attention [dit]=bench_dit_window_attention
-                   [thinker]=bench_thinker [engine_decode]=bench_engine_decode)
+                   [thinker]=bench_thinker [engine_decode]=bench_engine_decode [speech]=bench_speech)
 
 # nvcc for the extension build: the CUDA image keeps it in /usr/local/cuda/bin.
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
@@ -163,11 +164,11 @@ for step in $STEPS; do
     test)
         # One pytest process per file, so a CUDA error that poisons one process (an illegal
         # address is sticky) cannot fail the other file's tests; the JUnit XMLs are merged into one.
-        banner "tests/test_gpu_paged.py, tests/test_gpu_kernels.py, tests/test_gpu_engine.py; TRITON_INTERPRET=0 (timeout ${T}s)"
+        banner "tests/test_gpu_{paged,kernels,engine,speech}.py; TRITON_INTERPRET=0 (timeout ${T}s)"
         TEST_START=$(date +%s)
         XMLS=()
         FAILED=""
-        for f in tests/test_gpu_paged.py tests/test_gpu_kernels.py tests/test_gpu_engine.py; do
+        for f in tests/test_gpu_paged.py tests/test_gpu_kernels.py tests/test_gpu_engine.py tests/test_gpu_speech.py; do
             if [ "$f" = tests/test_gpu_paged.py ]; then
                 FT=$((T - 80)); if [ "$FT" -lt 60 ]; then FT=60; fi  # leave the second file >= 80 s
             else
@@ -197,9 +198,9 @@ ET.ElementTree(root).write(sys.argv[1], encoding="utf-8", xml_declaration=True)
 EOF
         fi
         ;;
-    kv_cache|paged_decode|paged_prefill|tmrope|block_sparse|dit|thinker|engine_decode)
+    kv_cache|paged_decode|paged_prefill|tmrope|block_sparse|dit|thinker|engine_decode|speech)
         mod=${MODULE[$step]}
-        if [[ $step = thinker || $step = engine_decode ]] && ! $PY -c "import omni_runtime" >/dev/null 2>&1; then
+        if [[ $step = thinker || $step = engine_decode || $step = speech ]] && ! $PY -c "import omni_runtime" >/dev/null 2>&1; then
             # Not pip-installed (install skipped or fell back to build_ext --inplace): the package
             # directory is runtime/, imported as omni_runtime -- put a link by that name on the path.
             SHIM=$(mktemp -d "${TMPDIR:-/tmp}/omni_runtime_shim.XXXXXX")
@@ -252,6 +253,10 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("bench_*.json")):
                 sp = "-" if c.get("speedup") is None else f"{c['speedup']:.2f}x"
                 ids = c.get("ids", {}).get("identical")
                 print(f"  {c['case']} {c.get('dtype')}: speedup {sp}" + ("" if ids is None else f", ids identical: {ids}"))
+    if data.get("benchmark") == "bench_speech":
+        for c in cases:
+            r = c.get("ratios", {})
+            print("  speech: " + ", ".join(f"{k} ours/transformers {v:.2f}x" for k, v in r.items()))
     if data.get("benchmark") == "engine_decode":  # time ratios (< 1: ours faster)
         x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
         for c in cases:
@@ -268,7 +273,7 @@ echo "total $(($(date +%s) - START)) s"
 main 2>&1 | tee -a "$LOG"
 rc=$?
 if [ -s "$XML_MERGED" ]; then
-    { echo; echo "=== test_gpu.xml (JUnit; tests/test_gpu_{paged,kernels,engine}.py merged) ==="
+    { echo; echo "=== test_gpu.xml (JUnit; tests/test_gpu_{paged,kernels,engine,speech}.py merged) ==="
       cat "$XML_MERGED"; echo; echo "=== end of test_gpu.xml ==="; } >> "$LOG"
 fi
 for json in "$LOG_JSON_DIR"/*.json; do

@@ -1,5 +1,7 @@
-"""`omni-run`: one Thinker turn from the command line (text, audio, images, video in; streamed text out).
+"""`omni-run`: one turn from the command line (text, audio, images, video in; streamed text -- and
+with --speak streamed speech -- out).
 
+    omni-run --speak --out reply.wav           # the main job: a spoken turn on the embedded checkpoint
     omni-run --prompt "What do you hear?" --audio clip.wav --json
     omni-run --checkpoint Qwen2.5-Omni-7B --device cuda --image cat.jpg --prompt "Describe it."
     omni-run --video clip.mp4 --video-fps 1 --video-max-pixels 256*28*28 --prompt "What happens?"
@@ -11,6 +13,11 @@ but the real compute path (chat template, audio/vision encoders, TMRoPE, paged K
 
 Output: the answer streamed to stdout as it is generated, a summary line on stderr; with --json one
 JSON object on stdout instead (generated ids, text, finish reason, prompt tokens, threads, timings).
+--speak also writes the spoken answer (--out, 24 kHz PCM16 WAV; voice --speaker, default Chelsie)
+and prints a latency table after the text: time to first text token and to first audio packet
+(from the prepared prompt), real-time factor (turn time / audio duration), codes/s, DiT and vocoder
+milliseconds per streamed chunk; with --json the object adds the codec codes, the dropped codes
+(outside the codec's table), the packet count and those timings.
 Timings: load_s (opening and loading the checkpoint), prepare_s (media decoding, features, encoders,
 prompt build; with --stream-audio: everything before the end of the audio, its chunks prefilled as
 they arrive), ttft_s (time to first token, counted from when all input is available: the start of
@@ -120,8 +127,12 @@ def _main(argv) -> int:
     else:
         if result["text"] and not result["text"].endswith("\n"):
             sys.stdout.write("\n")
+        if args.speak:
+            from .speak import latency_table
+
+            sys.stdout.write(latency_table(result) + "\n")
         sys.stdout.flush()  # a closed stdout shows here, before the summary
-        if not args.quiet:
+        if not args.quiet and not args.speak:
             t = result["timings"]
             rate = t.get("decode_tokens_per_s")
             sys.stderr.write(f"{PROG}: {result['generated_tokens']} tokens ({result['finish_reason']}), prompt "

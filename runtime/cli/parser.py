@@ -135,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--repetition-penalty", type=_float, default=1.0, metavar="R")
     g.add_argument("--seed", type=_int, metavar="S", help="seed of the sampling generator")
 
+    sp = p.add_argument_group("speech", "Answer in speech too: the Talker turns the answer into codec codes while "
+                              "the Thinker writes it, Token2Wav streams them into 24 kHz packets.")
+    sp.add_argument("--speak", action="store_true", help="speak the answer: write it to --out as 24 kHz PCM16 and "
+                    "print a latency table (time to first text token / audio packet, real-time factor, codes/s, "
+                    "DiT and vocoder ms per chunk)")
+    sp.add_argument("--speaker", type=_text, metavar="NAME", help="voice from the checkpoint's spk_dict.pt "
+                    "(default Chelsie)")
+    sp.add_argument("--out", type=_text, metavar="FILE", default="reply.wav", help="where --speak writes the "
+                    "waveform (default reply.wav)")
+    sp.add_argument("--talker-greedy", action="store_true", help="argmax codes instead of the official talker "
+                    "sampling (top-k 40, top-p 0.8, temperature 0.9, repetition penalty 1.05)")
+    sp.add_argument("--max-codes", type=_positive_int, metavar="N", default=4096, help="at most N codec codes "
+                    "(50 per second of speech; default 4096)")
     m = p.add_argument_group("media sizes", "Override the checkpoint's preprocessor_config.json (and "
                              "qwen-omni-utils' video defaults). Pixel counts may be written as products, "
                              "e.g. 512*28*28.")
@@ -215,6 +228,19 @@ def check_args(args) -> None:
         raise UsageError(f"checkpoint directory not found: {args.checkpoint}")
     if args.use_audio_in_video and not args.video:
         raise UsageError("--use-audio-in-video needs a --video")
+    if not args.speak and (args.speaker is not None or args.talker_greedy or args.out != "reply.wav"
+                           or args.max_codes != 4096):
+        raise UsageError("--speaker / --out / --talker-greedy / --max-codes need --speak")
+    if args.speak and args.stream_audio:
+        raise UsageError("--speak cannot be combined with --stream-audio yet: give the audio as a file (--audio)")
+    if args.speak:
+        out = Path(args.out)
+        if out.is_dir():
+            raise UsageError(f"--out {args.out} is a directory, not a file")
+        if not out.parent.is_dir():
+            raise UsageError(f"--out {args.out}: directory {out.parent} does not exist")
+        if out.suffix.lower() != ".wav":
+            raise UsageError(f"--out {args.out} must end in .wav (24 kHz PCM16 WAV)")
     if args.stream_audio and len(args.audio) != 1:
         raise UsageError(f"--stream-audio streams exactly one --audio file, got {len(args.audio)}")
     if args.prompt_ids is not None:

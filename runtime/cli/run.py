@@ -33,16 +33,14 @@ def _sampling(args):
         raise UsageError(str(e)) from None
 
 
-def run_turn(args, write_text) -> dict:
-    """One turn; `write_text(piece)` gets the answer as it streams (not with --json). Returns the
-    result dict (the --json object)."""
+def setup(args) -> dict:
+    """What every turn needs before loading: thread policy, sampling, device, dtype, checkpoint
+    path (the embedded tiny one written on first use), media overrides, the conversation."""
     import torch
 
     from ..io import tiny_cache
     from ..io.chat import OMNI_SYSTEM_PROMPT
-    from ..io.progress import ProgressLine
     from ..threads import apply_thread_policy
-    from ..thinker.thinker import STREAM_CHUNK_SECONDS, Thinker
 
     threads = apply_thread_policy(args.threads)  # before any compute: OpenMP's pool is sized once used
     params = _sampling(args)
@@ -76,27 +74,49 @@ def run_turn(args, write_text) -> dict:
         # prepare() (what generate() forwards them to; the CLI sizes the KV cache in between) or
         # stream_audio()
         media_kw["media_options"] = overrides
-
-    t0 = time.perf_counter()
     engine_kwargs = {"max_model_len": args.max_model_len} if args.max_model_len else {}
     if args.no_cuda_graphs:
         engine_kwargs["cuda_graphs"] = False
+    return dict(threads=threads, params=params, dev=dev, device=device, dtype=dtype, path=path, timings=timings,
+                t_start=t_start, overrides=overrides, engine_kwargs=engine_kwargs,
+                conversation=prompt_ids if prompt_ids is not None else prompt,
+                system=args.system if args.system is not None else OMNI_SYSTEM_PROMPT,
+                media=dict(images=list(args.image), videos=list(args.video),
+                           use_audio_in_video=args.use_audio_in_video, **media_kw))
+
+
+def check_loaded(args, thinker, path, conversation) -> None:
+    limit = thinker.thinker_config.text_config.max_position_embeddings
+    if args.max_model_len and args.max_model_len > limit:
+        raise UsageError(f"--max-model-len {args.max_model_len} exceeds the model's max_position_embeddings {limit}")
+    if isinstance(conversation, str) and not thinker.tokenizer.has_text:
+        raise UsageError(f"{path} has no tokenizer.json: give the prompt as --prompt-ids")
+
+
+def run_turn(args, write_text) -> dict:
+    """One turn; `write_text(piece)` gets the answer as it streams (not with --json). Returns the
+    result dict (the --json object)."""
+    if args.speak:
+        from .speak import run_speech_turn
+
+        return run_speech_turn(args, write_text)
+    from ..io.progress import ProgressLine
+    from ..thinker.thinker import STREAM_CHUNK_SECONDS, Thinker
+
+    c = setup(args)
+    threads, dev, dtype, path, timings, t_start = (c[k] for k in ("threads", "dev", "dtype", "path", "timings",
+                                                                    "t_start"))
+    device, engine_kwargs, overrides = c["device"], c["engine_kwargs"], c["overrides"]
+    t0 = time.perf_counter()
     thinker = Thinker.from_checkpoint(path, device=device, dtype=dtype,
                                       progress=None if args.quiet else ProgressLine("loading thinker"),
                                       engine_kwargs=engine_kwargs)
     timings["load_s"] = time.perf_counter() - t0
     if thinker.note:
         note(args, f"note: {path}: {thinker.note}")
-    limit = thinker.thinker_config.text_config.max_position_embeddings
-    if args.max_model_len and args.max_model_len > limit:
-        raise UsageError(f"--max-model-len {args.max_model_len} exceeds the model's max_position_embeddings {limit}")
-    params = thinker.sampling_params(params)
-    if prompt_ids is None and prompt is not None and not thinker.tokenizer.has_text:
-        raise UsageError(f"{path} has no tokenizer.json: give the prompt as --prompt-ids")
-    system = args.system if args.system is not None else OMNI_SYSTEM_PROMPT
-    conversation = prompt_ids if prompt_ids is not None else prompt
-    media = dict(images=list(args.image), videos=list(args.video), use_audio_in_video=args.use_audio_in_video,
-                 **media_kw)
+    check_loaded(args, thinker, path, c["conversation"])
+    params = thinker.sampling_params(c["params"])
+    system, conversation, media = c["system"], c["conversation"], c["media"]
     block = 16
 
     def size_engine(prompt_tokens: int) -> None:

@@ -22,7 +22,7 @@ Thinker finished ("offline"), or while it runs, fed row by row (`row_by_row`): b
 import pytest
 import torch
 
-from helpers import sharpen_checkpoint
+from helpers import keep_talker_attention_mask, sharpen_checkpoint
 from omni_runtime.engine.sampling import SamplingParams
 from omni_runtime.io.checkpoint import open_checkpoint
 from omni_runtime.talker import Talker, TalkerInputs
@@ -41,21 +41,6 @@ CASES = {
     "audio": dict(conversation="What is this sound?", audios=[WAV]),
     "image": dict(conversation="Describe it.", images=[IMAGE]),
 }
-
-
-def keep_talker_attention_mask(hf_model):
-    """Give transformers' Talker the all-ones attention_mask that 5.x `generate` drops (see above)."""
-    talker = hf_model.talker
-    prepare = talker.prepare_inputs_for_generation
-
-    def with_mask(input_ids, inputs_embeds=None, **kwargs):
-        out = prepare(input_ids, inputs_embeds=inputs_embeds, **kwargs)
-        if out.get("attention_mask") is None:
-            out["attention_mask"] = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
-        return out
-
-    talker.prepare_inputs_for_generation = with_mask
-    return hf_model
 
 
 class Pair:
@@ -163,9 +148,20 @@ def test_row_by_row_equals_offline(tiny, one_thread):
     assert waits > 0  # the Talker really was ahead of the Thinker and waited for its rows
 
 
-def test_speakers_change_the_codes(tiny, one_thread):
+def test_the_speaker_enters_through_its_bos_row(tiny, one_thread):
+    """The speaker's text bos embedding is prompt row P (P = Thinker prompt length): the two
+    speakers' Talker prompts differ there and nowhere else (their voices differ in Token2Wav)."""
     prep = tiny.thinker.prepare(**CASES["text"])
-    assert tiny.offline(prep, "Chelsie") != tiny.offline(prep, "Ethan")
+    prompts = []
+    for name in ("Chelsie", "Ethan"):
+        inputs = tiny.inputs(prep, name)
+        for ev in tiny.thinker.generate(prepared=prep, params=tiny.params(), sink=inputs.sink):
+            inputs.add_reply_token(ev.token_id)
+        prompts.append(inputs.prompt())
+    a, b = (p.inputs_embeds for p in prompts)
+    differs = (a != b).any(1).nonzero().flatten().tolist()
+    assert differs == [len(prep.ids)]
+    assert torch.equal(prompts[0].positions, prompts[1].positions) and prompts[0].ids == prompts[1].ids
 
 
 def test_prompt_not_ready_is_an_error(tiny):

@@ -1,0 +1,116 @@
+"""Qwen2.5-Omni end to end: the Thinker answers in text, the Talker turns the answer into codec
+codes while the Thinker is still writing it, Token2Wav turns codes into 24 kHz speech.
+
+    omni = Omni.from_checkpoint("Qwen2.5-Omni-7B", device="cuda", dtype="bf16")
+    for ev in omni.generate("Tell me a joke.", speaker="Ethan"):
+        if isinstance(ev, TokenEvent): print(ev.text, end="")
+        elif isinstance(ev, AudioEvent): play(ev.samples)           # 24 kHz float32 PCM
+        else: result = ev                                           # TurnResult, last
+    result = omni.generate("Hi!", stream=False)                     # text + the whole waveform
+
+One turn (`turn.py`): the Thinker's request hands every computed row to a `TalkerInputs`; the
+Talker's request starts as soon as the first reply row exists and each of its steps waits (not
+ready, blocking nobody) until the reply row it needs exists; codes go to a Token2Wav stream, which
+returns packets as soon as a chunk and its look-ahead are decoded. Non-streamed (`stream=False`)
+decodes all codes at once at the end, which is what transformers' `generate` returns.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..engine import SamplingParams
+from ..io import checkpoint as _ckpt
+from ..io.chat import OMNI_SYSTEM_PROMPT
+from ..talker import Talker
+from ..thinker.items import PreparedPrompt
+from ..thinker.thinker import Thinker
+from ..token2wav import Token2Wav
+from .turn import Turn
+
+__all__ = ["Omni", "DEFAULT_SPEAKER"]
+
+DEFAULT_SPEAKER = "Chelsie"
+
+
+class Omni:
+    def __init__(self, thinker: Thinker, talker: Optional[Talker] = None, token2wav: Optional[Token2Wav] = None):
+        if (talker is None) != (token2wav is None):
+            raise ValueError("give both the Talker and Token2Wav, or neither")
+        self.thinker, self.talker, self.token2wav = thinker, talker, token2wav
+
+    @classmethod
+    def from_checkpoint(cls, path=None, device="cpu", dtype=None, progress=None, *, speech: Optional[bool] = None,
+                        engine_kwargs: Optional[dict] = None, talker_engine_kwargs: Optional[dict] = None,
+                        media_options=None) -> "Omni":
+        """Thinker (see `Thinker.from_checkpoint`), and with speech (None: when the checkpoint has
+        Talker and Token2Wav weights; True: required) the Talker in the same dtype and Token2Wav in
+        fp32, on the same device."""
+        thinker = Thinker.from_checkpoint(path, device=device, dtype=dtype, progress=progress,
+                                          engine_kwargs=engine_kwargs, media_options=media_options)
+        if speech is False:
+            return cls(thinker)
+        ckpt = _ckpt.open_checkpoint(thinker.path)
+        if not _has_speech(ckpt):
+            if speech:
+                raise ValueError(_no_speech_message(ckpt))
+            return cls(thinker)
+        talker = Talker.from_checkpoint(ckpt, device=device, dtype=thinker.dtype, engine_kwargs=talker_engine_kwargs)
+        return cls(thinker, talker, Token2Wav.from_checkpoint(ckpt, device=device))
+
+    @property
+    def can_speak(self) -> bool:
+        return self.talker is not None
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted(self.token2wav.speakers) if self.can_speak else []
+
+    def _speaker(self, name: Optional[str]):
+        if not self.can_speak:
+            raise ValueError(_no_speech_message(_ckpt.open_checkpoint(self.thinker.path)))
+        if name is None:
+            name = DEFAULT_SPEAKER if DEFAULT_SPEAKER in self.speakers else self.speakers[0]
+        return self.token2wav.speaker(name)
+
+    def generate(self, conversation=None, *, audios=(), images=(), videos=(), use_audio_in_video: bool = False,
+                 system_prompt=OMNI_SYSTEM_PROMPT, prepared: Optional[PreparedPrompt] = None,
+                 params: Optional[SamplingParams] = None, max_new_tokens: Optional[int] = None, media_options=None,
+                 speak: Optional[bool] = None, speaker: Optional[str] = None,
+                 talker_params: Optional[SamplingParams] = None, seed: int = 0, noise=None, stream: bool = True):
+        """One turn. Arguments as `Thinker.generate`, plus: speak (None: when the model can),
+        speaker (default Chelsie), talker_params (default: the official sampling with seed `seed`;
+        `self.talker.sampling_params(greedy=True)` for argmax), seed (also the DiT's initial noise:
+        the same seed gives the same audio, streamed or not), noise (non-streamed only: the DiT's
+        initial noise, a (1, frames, mel_dim) tensor or a callable(frames) -> tensor).
+        stream=True: an iterator of `TokenEvent`s and `AudioEvent`s, then the `TurnResult`;
+        leaving it early aborts the turn and frees everything. stream=False: the `TurnResult`."""
+        speak = self.can_speak if speak is None else bool(speak)
+        spk = self._speaker(speaker) if speak else None
+        if noise is not None and stream:
+            raise ValueError("noise= is for the non-streamed decode (stream=False); streams take seed=")
+        if prepared is not None and (conversation is not None or audios or images or videos):
+            raise ValueError("pass either a conversation (and media) or prepared=, not both")
+        if prepared is None:
+            prepared = self.thinker.prepare(conversation, audios=audios, images=images, videos=videos,
+                                            use_audio_in_video=use_audio_in_video, system_prompt=system_prompt,
+                                            media_options=media_options)
+        params = self.thinker.sampling_params(params, max_new_tokens)
+        if speak and talker_params is None:
+            talker_params = self.talker.sampling_params(seed=seed)
+        turn = Turn(self, prepared, params, spk, talker_params, seed=seed, noise=noise, streamed=stream)
+        if stream:
+            return turn.events()
+        result = None
+        for ev in turn.events():
+            result = ev
+        return result
+
+
+def _has_speech(ckpt) -> bool:
+    return bool(ckpt.config.enable_audio_output and ckpt.names("talker.") and ckpt.names("token2wav."))
+
+
+def _no_speech_message(ckpt) -> str:
+    return (f"{ckpt.path} has no Talker / Token2Wav weights (talker.*, token2wav.*"
+            f"{'' if ckpt.config.enable_audio_output else '; config.json has enable_audio_output false'}): "
+            "it can answer in text only")

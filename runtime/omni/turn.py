@@ -1,0 +1,140 @@
+"""One omni turn, driven from its consumer's loop: Thinker steps, Talker steps and Token2Wav
+chunks interleave, and every text token and audio packet is yielded the moment it exists.
+
+The loop: hand out the Thinker's new tokens (each also tells the Talker's inputs the reply so
+far); start the Talker once its prompt is ready; pass new codes to the Token2Wav stream (codes the
+codec's table cannot take are dropped and counted -- they never reach the DiT, where transformers
+raises an IndexError); then run one step of each engine that has work. Both engines are shared:
+other turns' steps batch with this one, and a step another consumer runs delivers this turn's
+events too (`Engine.try_step`). Leaving the iterator early aborts both requests at once.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..talker import TalkerInputs
+from .events import AudioEvent, TurnResult
+
+__all__ = ["Turn"]
+
+_IDLE_S = 0.0005  # nothing could run (another consumer drives): wait this long before looking again
+
+
+class Turn:
+    def __init__(self, omni, prepared, params, speaker, talker_params, *, seed: int, noise, streamed: bool):
+        self.omni, self.prepared, self.params = omni, prepared, params
+        self.speaker, self.talker_params = speaker, talker_params
+        self.seed, self.noise, self.streamed = seed, noise, streamed
+        self.codes: list[int] = []
+        self.dropped = 0
+        self.timings: dict = {"dit_ms": [], "vocoder_ms": []}
+
+    def events(self):
+        omni, th = self.omni, self.omni.thinker
+        speak = self.speaker is not None
+        t0 = time.perf_counter()
+        inputs = None
+        if speak:
+            inputs = TalkerInputs(self.prepared, omni.talker.lm, th.lm.embed, self.speaker.bos_token,
+                                  th.thinker_config.vision_config.spatial_merge_size)
+        th_seq = th.engine.add_request(**self.prepared.request(), params=self.params, detokenizer=th._detokenizer(),
+                                       sink=inputs.sink if speak else None)
+        ta_seq, stream = None, None
+        if speak and self.streamed:
+            stream = omni.token2wav.stream(self.speaker, seed=self.seed)
+        num_codes_max = omni.token2wav.num_codes if speak else 0
+        stops = set(omni.talker.stop_codes) if speak else set()
+        pieces = []
+        try:
+            while True:
+                while th_seq.events:
+                    ev = th_seq.events.popleft()
+                    self.timings.setdefault("first_text", ev.t - t0)
+                    if speak:
+                        inputs.add_reply_token(ev.token_id)
+                    yield ev
+                th_done = th_seq.finished and not th_seq.events
+                if th_done and th_seq.error is not None:
+                    raise th_seq.error
+                if speak and th_done and not inputs.finished:
+                    inputs.thinker_finished()
+                if speak and ta_seq is None and inputs.prompt_ready:
+                    ta_seq = omni.talker.start(inputs, self.talker_params)
+                    self.timings["talker_start"] = time.perf_counter() - t0
+                if ta_seq is not None and ta_seq.events:
+                    new = self._take_codes(ta_seq, stops, num_codes_max)
+                    if new and stream is not None:
+                        for packet in stream.push(new):
+                            pieces.append(packet.samples)
+                            yield self._audio_event(packet, t0)
+                ta_done = not speak or inputs.silent or (ta_seq is not None and ta_seq.finished and not ta_seq.events)
+                if ta_seq is not None and ta_done and ta_seq.error is not None:
+                    raise ta_seq.error
+                if th_done and ta_done:
+                    break
+                ran = th.engine.try_step() if not th_seq.finished else False
+                if ta_seq is not None and not ta_seq.finished:
+                    ran = omni.talker.engine.try_step() or ran
+                if not ran and not th_seq.events and not (ta_seq is not None and ta_seq.events):
+                    time.sleep(_IDLE_S)
+            self.timings["codes_done"] = time.perf_counter() - t0
+            waveform = None
+            if stream is not None:
+                for packet in stream.finish():
+                    pieces.append(packet.samples)
+                    yield self._audio_event(packet, t0)
+                waveform = torch.cat(pieces) if pieces else torch.zeros(0)
+            elif speak:
+                waveform = self._decode_all(t0)
+            yield self._result(th_seq, waveform, t0)
+        finally:
+            for seq, engine in ((th_seq, th.engine), (ta_seq, omni.talker.engine if speak else None)):
+                if seq is not None and not seq.finished:
+                    engine.abort(seq)
+
+    def _take_codes(self, ta_seq, stops, num_codes_max) -> list[int]:
+        new = []
+        while ta_seq.events:
+            code = ta_seq.events.popleft().token_id
+            if code in stops:
+                continue
+            if 0 <= code < num_codes_max:
+                new.append(code)
+            else:
+                self.dropped += 1
+        self.codes.extend(new)
+        return new
+
+    def _audio_event(self, packet, t0) -> AudioEvent:
+        ev = AudioEvent(packet)
+        self.timings.setdefault("first_audio", ev.t - t0)
+        self.timings["dit_ms"].append(packet.dit_ms)
+        self.timings["vocoder_ms"].append(packet.vocoder_ms)
+        return ev
+
+    def _decode_all(self, t0) -> torch.Tensor:
+        if not self.codes:
+            return torch.zeros(0)
+        t = time.perf_counter()
+        noise = self.noise
+        if callable(noise):
+            noise = noise(len(self.codes) * self.omni.token2wav.config.dit_config.repeats)
+        wav = self.omni.token2wav(self.codes, self.speaker, noise=noise, seed=self.seed)
+        self.timings["token2wav_ms"] = 1000 * (time.perf_counter() - t)
+        self.timings.setdefault("first_audio", time.perf_counter() - t0)
+        return wav
+
+    def _result(self, th_seq, waveform, t0) -> TurnResult:
+        end = time.perf_counter() - t0
+        tm = self.timings
+        tm.update(end=end, text_tokens=len(th_seq.output_ids), codes=len(self.codes))
+        audio_s = 0.0 if waveform is None else waveform.numel() / AudioEvent.sample_rate
+        tm["audio_seconds"] = audio_s
+        tm["rtf"] = end / audio_s if audio_s else None
+        talk_s = tm.get("codes_done", end) - tm.get("talker_start", 0.0)
+        tm["codes_per_s"] = len(self.codes) / talk_s if self.codes and talk_s > 0 else None
+        return TurnResult(text=th_seq.text, token_ids=list(th_seq.output_ids), finish_reason=th_seq.finish_reason,
+                          codes=list(self.codes), dropped_codes=self.dropped, waveform=waveform,
+                          speaker=None if self.speaker is None else self.speaker.name, timings=tm)
