@@ -19,11 +19,12 @@ from torch import nn
 from ..config import TalkerConfig
 from ..layers import DecoderModel, build_and_adopt
 from ..layers.decoder import check_decoder_config
+from .decoder_lm import DecoderLMBase
 
 __all__ = ["TalkerLM"]
 
 
-class TalkerLM(nn.Module):
+class TalkerLM(DecoderLMBase, nn.Module):
     def __init__(self, config: TalkerConfig):
         super().__init__()
         if not isinstance(config, TalkerConfig):
@@ -33,14 +34,9 @@ class TalkerLM(nn.Module):
         self.thinker_to_talker_proj = nn.Linear(config.embedding_size, config.hidden_size)
         self.model = DecoderModel(config, embedding_size=config.embedding_size)
         self.codec_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        # the DecoderLM protocol
-        self.hidden_size = config.embedding_size
+        # the DecoderLM protocol: it takes Thinker-wide embeddings
+        self._set_protocol(config, config.embedding_size)
         self.decoder_hidden_size = config.hidden_size
-        self.vocab_size = config.vocab_size
-        self.num_layers = config.num_hidden_layers
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.dim_per_head
-        self.max_position_embeddings = config.max_position_embeddings
 
     @classmethod
     def from_state_dict(cls, config: TalkerConfig, tensors: Mapping[str, torch.Tensor], device=None,
@@ -62,18 +58,6 @@ class TalkerLM(nn.Module):
         tensors = checkpoint.load_tensors(ckpt, prefix="talker.", device=device, dtype=dtype,
                                           expected=layout.talker_tensors(config), progress=progress)
         return cls.from_state_dict(config, tensors)
-
-    @property
-    def device(self) -> torch.device:
-        return self.codec_head.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.codec_head.weight.dtype
-
-    def embed(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codec embeddings (..., embedding_size) of codes (...,)."""
-        return self.model.embed_tokens(codes)
 
     def forward_embeds(self, inputs_embeds: torch.Tensor, state, kv_caches) -> torch.Tensor:
         """(N, embedding_size) -> final-norm hidden states (N, hidden_size)."""

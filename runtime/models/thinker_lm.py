@@ -17,6 +17,7 @@ from torch import nn
 from ..config import TextConfig
 from ..layers import MODES, PREFILL, DecoderModel, build_and_adopt
 from ..layers.decoder import check_decoder_config
+from .decoder_lm import DecoderLMBase
 
 __all__ = ["ThinkerLM", "ThinkerOutput", "kv_cache_list"]
 
@@ -45,7 +46,7 @@ class ThinkerOutput:
     logits: Optional[torch.Tensor]
 
 
-class ThinkerLM(nn.Module):
+class ThinkerLM(DecoderLMBase, nn.Module):
     def __init__(self, config: TextConfig):
         super().__init__()
         if not isinstance(config, TextConfig):
@@ -55,12 +56,7 @@ class ThinkerLM(nn.Module):
         self.model = DecoderModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         # the DecoderLM protocol: what the engine sizes its buffers and KV cache from
-        self.hidden_size = config.hidden_size
-        self.vocab_size = config.vocab_size
-        self.num_layers = config.num_hidden_layers
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.dim_per_head
-        self.max_position_embeddings = config.max_position_embeddings
+        self._set_protocol(config, config.hidden_size)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -92,18 +88,6 @@ class ThinkerLM(nn.Module):
         return cls.from_state_dict(config, tensors)
 
     # ------------------------------------------------------------------ DecoderLM protocol
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings (..., hidden) of ids (...,)."""
-        return self.model.embed_tokens(input_ids)
-
     def forward_embeds(self, inputs_embeds: torch.Tensor, state, kv_caches) -> torch.Tensor:
         """(N, hidden) embeddings of a step's packed tokens -> final-norm hidden states (N, hidden)."""
         return self.model(inputs_embeds, state, kv_caches)

@@ -135,3 +135,58 @@ def test_bad_speech_requests(omni, sharp, tmp_path):
         thinker_only.generate(PROMPT, speak=True, stream=False)
     text = thinker_only.generate(PROMPT, max_new_tokens=3, stream=False)
     assert text.waveform is None and len(text.token_ids) >= 1
+
+
+def test_concurrent_turns_equal_their_solo_runs(omni, sharp, one_thread):
+    """Two turns at once -- in two threads, and interleaved in one thread (their iterators advanced
+    in turn) -- share both engines and give exactly their solo text, codes and audio."""
+    import threading
+
+    _, stops = sharp
+    prompts = [PROMPT, "What is the capital of the moon?"]
+
+    def turn(i):
+        params = SamplingParams(max_new_tokens=TOKENS, stop_token_ids=tuple(stops))
+        return omni.generate(prompts[i], params=params, speaker=("Chelsie", "Ethan")[i], seed=i,
+                             talker_params=omni.talker.sampling_params(seed=i, max_new_tokens=30))
+
+    solo = [list(turn(i))[-1] for i in range(2)]
+    threaded = [None, None]
+
+    def run(i):
+        threaded[i] = list(turn(i))[-1]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    gens, interleaved = [turn(0), turn(1)], [None, None]
+    while any(g is not None for g in gens):
+        for i, g in enumerate(gens):
+            if g is not None:
+                try:
+                    ev = next(g)
+                    if isinstance(ev, TurnResult):
+                        interleaved[i] = ev
+                except StopIteration:
+                    gens[i] = None
+    for got in (threaded, interleaved):
+        for a, b in zip(got, solo):
+            assert a.token_ids == b.token_ids and a.codes == b.codes
+            assert torch.equal(a.waveform, b.waveform)
+    assert omni.thinker.engine.block_manager.num_free_blocks == omni.thinker.engine.kv_cache.num_blocks
+    assert omni.talker.engine.block_manager.num_free_blocks == omni.talker.engine.kv_cache.num_blocks
+
+
+def test_leaving_a_turn_early_frees_both_requests(omni, sharp, one_thread):
+    _, stops = sharp
+    gen = omni.generate(PROMPT, params=SamplingParams(max_new_tokens=TOKENS, stop_token_ids=tuple(stops)),
+                        talker_params=omni.talker.sampling_params(max_new_tokens=CODES))
+    for ev in gen:
+        if isinstance(ev, AudioEvent):
+            break
+    gen.close()
+    for engine in (omni.thinker.engine, omni.talker.engine):
+        assert not engine.has_unfinished
+        assert engine.block_manager.num_free_blocks == engine.kv_cache.num_blocks
