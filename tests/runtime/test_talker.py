@@ -1,5 +1,6 @@
 """The Talker (omni_runtime.talker) against transformers' `Qwen2_5OmniForConditionalGeneration.generate`
-on the same checkpoint: greedy codes identical for 64 steps for text, audio and image prompts.
+on the same checkpoint: greedy codes identical for 64 steps for text, audio, image and
+audio-in-video prompts.
 
 Checkpoints: the "tiny" preset and "7b-ratios" (the 7B talker's ratios: 12 query / 4 KV heads of
 head_dim 128 over hidden 896, mrope [16, 24, 24], codec vocabulary 8448 over a DiT table of 8193
@@ -36,10 +37,13 @@ ENGINE = dict(max_model_len=512, num_blocks=96, block_size=16)
 WAV = (0.3 * torch.sin(torch.arange(16000 * 2) / 16000 * 2 * torch.pi * 440)).numpy()
 IMAGE = torch.Generator().manual_seed(0)
 IMAGE = torch.randint(0, 256, (56, 84, 3), generator=IMAGE, dtype=torch.uint8).numpy()
+_FRAMES = torch.randint(0, 256, (4, 56, 56, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8).numpy()
 CASES = {
     "text": dict(conversation="Hello world, are you a helpful assistant?"),
     "audio": dict(conversation="What is this sound?", audios=[WAV]),
     "image": dict(conversation="Describe it.", images=[IMAGE]),
+    # 4 frames at 2 fps with a 2 s soundtrack: video and audio rows interleaved, both zeroed
+    "audio_in_video": dict(conversation="Describe.", videos=[(_FRAMES, 2.0, WAV)], use_audio_in_video=True),
 }
 
 
@@ -47,7 +51,10 @@ class Pair:
     def __init__(self, src, tmp, new_tokens):
         self.path, self.stops = sharpen_checkpoint(src, tmp / "sharp", prefixes=("thinker.", "talker."))
         self.new_tokens = new_tokens
-        self.thinker = Thinker.from_checkpoint(self.path, dtype="fp32", engine_kwargs=ENGINE)
+        # small videos: the processor's 128*28*28 minimum would upscale every test frame
+        self.thinker = Thinker.from_checkpoint(self.path, dtype="fp32", engine_kwargs=ENGINE,
+                                               media_options=dict(video_min_pixels=28 * 28 * 4,
+                                                                  video_max_pixels=28 * 28 * 16))
         ckpt = open_checkpoint(self.path)
         self.talker = Talker.from_checkpoint(ckpt, dtype=torch.float32, engine_kwargs=ENGINE)
         self.speakers = {n: ckpt.speaker(n) for n in ("Chelsie", "Ethan")}
@@ -105,6 +112,9 @@ class Pair:
             kw.update(input_features=m[None].cpu(), feature_attention_mask=torch.ones(1, m.shape[1], dtype=torch.long))
         if prep.pixel_values is not None:
             kw.update(thinker_pixel_values=prep.pixel_values, image_grid_thw=prep.image_grid_thw)
+        if prep.pixel_values_videos is not None:
+            kw.update(thinker_pixel_values_videos=prep.pixel_values_videos, video_grid_thw=prep.video_grid_thw,
+                      video_second_per_grid=prep.video_second_per_grid, use_audio_in_video=prep.use_audio_in_video)
         cfg = self.talker.config
         self.hf.token2wav.forward = capture
         self.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw, speaker=speaker,
