@@ -190,3 +190,17 @@ def test_leaving_a_turn_early_frees_both_requests(omni, sharp, one_thread):
     for engine in (omni.thinker.engine, omni.talker.engine):
         assert not engine.has_unfinished
         assert engine.block_manager.num_free_blocks == engine.kv_cache.num_blocks
+
+
+def test_audio_starts_before_the_text_ends(omni, one_thread):
+    """The Talker runs while the Thinker writes and a packet leaves as soon as its codes and
+    look-ahead exist: with a 40-token answer the first packet (24 codes) comes before the last token."""
+    params = SamplingParams(max_new_tokens=40, ignore_eos=True)
+    events = list(omni.generate(PROMPT, params=params,
+                                talker_params=omni.talker.sampling_params(greedy=True, max_new_tokens=60)))
+    text_t = [e.t for e in events if isinstance(e, TokenEvent)]
+    audio_t = [e.t for e in events if isinstance(e, AudioEvent)]
+    assert len(text_t) == 40 and audio_t
+    assert audio_t[0] < text_t[-1]
+    order = [type(e).__name__ for e in events]
+    assert order.index("AudioEvent") < len(order) - 1 - order[::-1].index("TokenEvent")
