@@ -62,6 +62,12 @@ class StreamsMixin:
                 self._driving = False
                 self._cv.notify_all()
 
+    def wait_for_step(self, timeout: float) -> None:
+        """Sleep until a driver finishes a step or new input arrives, at most `timeout` seconds
+        (a pipeline whose own try_step found the engine busy waits here instead of spinning)."""
+        with self._cv:
+            self._cv.wait(timeout)
+
     def wait_until(self, ready: Callable[[], bool], timeout: Optional[float] = None) -> None:
         """Drive (or wait for whoever drives) the engine until ready() holds. TimeoutError after
         `timeout` seconds (None: no limit)."""

@@ -19,7 +19,7 @@ from .events import AudioEvent, TurnResult
 
 __all__ = ["Turn"]
 
-_IDLE_S = 0.0005  # nothing could run (another consumer drives): wait this long before looking again
+_IDLE_S = 0.005  # nothing could run: wait at most this long for another driver's step to end
 
 
 class Turn:
@@ -78,7 +78,9 @@ class Turn:
                 if ta_seq is not None and not ta_seq.finished:
                     ran = omni.talker.engine.try_step() or ran
                 if not ran and not th_seq.events and not (ta_seq is not None and ta_seq.events):
-                    time.sleep(_IDLE_S)
+                    # another consumer drives (or everything waits for it): sleep until a step ends
+                    busy = th.engine if not th_seq.finished else omni.talker.engine
+                    busy.wait_for_step(_IDLE_S)
             self.timings["codes_done"] = time.perf_counter() - t0
             waveform = None
             if stream is not None:
