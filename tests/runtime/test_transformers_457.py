@@ -1,7 +1,9 @@
-"""The Token2Wav DiT against transformers 4.57.3, the release the published weights came with
-(benchmarks/check_dit_transformers_457.py): 4.57.3, the installed 5.x and ours agree, and the check
-tells the broken rotary of transformers issue 47328 apart. Needs a 4.57.3 interpreter at
-.venv457/bin/python (see the check's docstring); CI has none, so it skips there."""
+"""Against transformers 4.57.3, the release the published weights came with: the Token2Wav DiT
+(benchmarks/check_dit_transformers_457.py: 4.57.3, the installed 5.x and ours agree, and the check
+tells the broken rotary of transformers issue 47328 apart) and a whole greedy spoken turn's text
+and Talker codes (benchmarks/check_talker_transformers_457.py: unpatched 4.57.3 takes the Talker
+path we follow). Needs a 4.57.3 interpreter at .venv457/bin/python (see the checks' docstrings);
+CI has none, so it skips there."""
 import importlib.util
 import json
 import subprocess
@@ -14,8 +16,12 @@ ROOT = Path(__file__).resolve().parents[2]
 OLD_PYTHON = ROOT / ".venv457" / "bin" / "python"
 
 
-@pytest.mark.skipif(not OLD_PYTHON.exists(), reason=f"no transformers 4.57.3 interpreter at {OLD_PYTHON} (create it: "
-                    "python3 -m venv .venv457 && .venv457/bin/pip install torch==2.13.0 transformers==4.57.3)")
+needs_457 = pytest.mark.skipif(
+    not OLD_PYTHON.exists(), reason=f"no transformers 4.57.3 interpreter at {OLD_PYTHON} (create it: "
+    "python3 -m venv .venv457 && .venv457/bin/pip install torch==2.13.0 transformers==4.57.3)")
+
+
+@needs_457
 def test_dit_matches_transformers_457():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.check_dit_transformers_457", "--python", str(OLD_PYTHON)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -34,3 +40,12 @@ def test_dit_matches_transformers_457():
             assert d["broken_vs_old"] > 1e-3, (rec["preset"], what)  # issue 47328's rotary would be caught
             if ours_exists:
                 assert d.get("ours_vs_old", 1.0) < 1e-5, (rec["preset"], what, d.get("ours_error"))
+
+
+@needs_457
+def test_talker_matches_transformers_457():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.check_talker_transformers_457", "--python",
+                           str(OLD_PYTHON)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["transformers"] == "4.57.3" and record["tokens_equal"] and record["codes_equal"]
