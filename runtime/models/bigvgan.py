@@ -226,7 +226,10 @@ class BigVGAN(nn.Module):
         return self.config.hop_length
 
     def receptive_field_frames(self) -> tuple[int, int]:
-        return receptive_field_frames(self.config)
+        # ~0.1 s of pure Python: computed once per model, not once per stream
+        if getattr(self, "_receptive_field", None) is None:
+            self._receptive_field = receptive_field_frames(self.config)
+        return self._receptive_field
 
     def process_mel(self, mel: torch.Tensor) -> torch.Tensor:
         """Natural-log mel -> dB (floor -115, minus 20) -> [-1, 1]: transformers' process_mel_spectrogram."""

@@ -40,7 +40,8 @@ class TurnResult:
     table cannot take (dropped, never decoded); waveform (samples,) float32 at 24 kHz, None when the
     turn did not speak; finish_reason: the Thinker's; timings (seconds from the turn's start unless
     named otherwise): first_text, first_audio, end, text_tokens, codes, audio_seconds, rtf
-    (processing time / audio duration), codes_per_s, dit_ms and vocoder_ms per chunk."""
+    (processing time / audio duration), codes_per_s, dit_ms and vocoder_ms per chunk, code_t (when
+    each Talker code, stop codes included, was sampled)."""
 
     text: str
     token_ids: list[int]

@@ -37,6 +37,8 @@ class Omni:
         if (talker is None) != (token2wav is None):
             raise ValueError("give both the Talker and Token2Wav, or neither")
         self.thinker, self.talker, self.token2wav = thinker, talker, token2wav
+        if token2wav is not None:
+            token2wav.vocoder.receptive_field_frames()  # computed once now, not in a turn
 
     @classmethod
     def from_checkpoint(cls, path=None, device="cpu", dtype=None, progress=None, *, speech: Optional[bool] = None,

@@ -29,7 +29,7 @@ class Turn:
         self.seed, self.noise, self.streamed = seed, noise, streamed
         self.codes: list[int] = []
         self.dropped = 0
-        self.timings: dict = {"dit_ms": [], "vocoder_ms": []}
+        self.timings: dict = {"dit_ms": [], "vocoder_ms": [], "code_t": []}
 
     def events(self):
         omni, th = self.omni, self.omni.thinker
@@ -42,8 +42,6 @@ class Turn:
         th_seq = th.engine.add_request(**self.prepared.request(), params=self.params, detokenizer=th._detokenizer(),
                                        sink=inputs.sink if speak else None)
         ta_seq, stream = None, None
-        if speak and self.streamed:
-            stream = omni.token2wav.stream(self.speaker, seed=self.seed)
         num_codes_max = omni.token2wav.num_codes if speak else 0
         stops = set(omni.talker.stop_codes) if speak else set()
         pieces = []
@@ -64,7 +62,9 @@ class Turn:
                     ta_seq = omni.talker.start(inputs, self.talker_params)
                     self.timings["talker_start"] = time.perf_counter() - t0
                 if ta_seq is not None and ta_seq.events:
-                    new = self._take_codes(ta_seq, stops, num_codes_max)
+                    new = self._take_codes(ta_seq, stops, num_codes_max, t0)
+                    if new and self.streamed and stream is None:  # made here: the first text token waits for nothing
+                        stream = omni.token2wav.stream(self.speaker, seed=self.seed)
                     if new and stream is not None:
                         for packet in stream.push(new):
                             pieces.append(packet.samples)
@@ -83,6 +83,8 @@ class Turn:
                     busy.wait_for_step(_IDLE_S)
             self.timings["codes_done"] = time.perf_counter() - t0
             waveform = None
+            if speak and self.streamed and stream is None:
+                waveform = torch.zeros(0)  # no code reached the codec
             if stream is not None:
                 for packet in stream.finish():
                     pieces.append(packet.samples)
@@ -96,10 +98,12 @@ class Turn:
                 if seq is not None and not seq.finished:
                     engine.abort(seq)
 
-    def _take_codes(self, ta_seq, stops, num_codes_max) -> list[int]:
+    def _take_codes(self, ta_seq, stops, num_codes_max, t0) -> list[int]:
         new = []
         while ta_seq.events:
-            code = ta_seq.events.popleft().token_id
+            ev = ta_seq.events.popleft()
+            code = ev.token_id
+            self.timings["code_t"].append(ev.t - t0)
             if code in stops:
                 continue
             if 0 <= code < num_codes_max:

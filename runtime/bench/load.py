@@ -1,0 +1,249 @@
+"""The load: request arrivals, a level of concurrent turns on one shared `Omni`, what each request
+saw and when, and the level's peak memory.
+
+A level runs `requests` turns with `concurrency` worker threads: each worker takes the next request
+in arrival order, waits for its arrival time, then prepares its prompt and iterates
+`omni.generate(...)` (both engines are shared, so the workers' turns batch). Every latency counts
+from the request's arrival, so time spent waiting for a free worker (more requests than streams,
+or a Poisson burst) counts too. Arrivals: all at t = 0 ("burst"), or a Poisson process (the first
+at t = 0, then exponential gaps at the given rate, drawn from the seed).
+
+The Talker's codes are timed where the engine emits them: the bench wraps `talker.start` on its own
+`Omni` so each turn's Talker sequence records the time of every code event it receives (the turn
+itself consumes them and yields only audio packets).
+"""
+from __future__ import annotations
+
+import collections
+import random
+import resource
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from ..engine.sequence import TokenEvent
+from ..omni import AudioEvent, TurnResult
+
+__all__ = ["Workload", "RequestRecord", "LevelRun", "arrival_offsets", "CodeClock", "MemoryMeter", "run_level",
+           "run_request"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    text_tokens: int
+    codes: int
+    speaker: Optional[str] = None
+
+
+@dataclass
+class RequestRecord:
+    """One request. Times are absolute `time.perf_counter()` values; `timeline()` makes them
+    seconds from the arrival."""
+
+    index: int
+    arrival: float
+    offset: float = 0.0         # arrival, in seconds after the level's start
+    start: float = 0.0          # a worker took it
+    prepared: float = 0.0       # its prompt is ready (media features, encoders)
+    end: Optional[float] = None
+    prompt_tokens: int = 0
+    text_t: list = field(default_factory=list)
+    code_t: list = field(default_factory=list)
+    packets: list = field(default_factory=list)  # dicts: t, start_sample, samples, codes, dit_ms, vocoder_ms
+    codes: int = 0
+    dropped_codes: int = 0
+    audio_seconds: float = 0.0
+    error: Optional[str] = None
+
+    def timeline(self) -> dict:
+        rel = lambda t: None if t is None else round(t - self.arrival, 6)  # noqa: E731
+        return {
+            "index": self.index, "arrival_s": round(self.offset, 6), "start_s": rel(self.start),
+            "prepared_s": rel(self.prepared), "end_s": rel(self.end),
+            "prompt_tokens": self.prompt_tokens, "text_tokens": len(self.text_t), "codes": self.codes,
+            "dropped_codes": self.dropped_codes, "audio_seconds": round(self.audio_seconds, 6),
+            "text_t": [rel(t) for t in self.text_t], "code_t": [rel(t) for t in self.code_t],
+            "packets": [{**p, "t": rel(p["t"])} for p in self.packets], "error": self.error,
+        }
+
+
+@dataclass
+class LevelRun:
+    scenario: str
+    concurrency: int
+    records: list
+    wall_s: float
+    peak_memory_bytes: Optional[int]
+    memory_kind: str
+
+
+def arrival_offsets(n: int, arrival, seed: int) -> list[float]:
+    """Seconds after the level's start at which each of n requests arrives."""
+    if arrival.kind == "burst":
+        return [0.0] * n
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    for i in range(n):
+        if i:
+            t += rng.expovariate(arrival.rate)
+        out.append(t)
+    return out
+
+
+class _TimedEvents(collections.deque):
+    """A sequence's event deque that also notes when each event was made."""
+
+    def __init__(self, times: list):
+        super().__init__()
+        self.times = times
+
+    def append(self, ev) -> None:
+        self.times.append(ev.t)
+        super().append(ev)
+
+
+class CodeClock:
+    """Records the time of every Talker code of the turns run in a thread that `watch`es a list."""
+
+    def __init__(self, omni):
+        self._local = threading.local()
+        start = omni.talker.start
+
+        def start_and_time(inputs, params=None):
+            seq = start(inputs, params)
+            times = getattr(self._local, "times", None)
+            if times is not None:
+                pending = list(seq.events)  # none yet: the request has not been stepped
+                seq.events = _TimedEvents(times)
+                seq.events.extend(pending)
+            return seq
+
+        omni.talker.start = start_and_time
+
+    def watch(self, times: Optional[list]) -> None:
+        self._local.times = times
+
+
+class MemoryMeter:
+    """Peak memory between `reset()` and `peak()`: CUDA max allocated on a GPU; on CPU the process's
+    peak RSS (VmHWM, reset through /proc/self/clear_refs; where that is refused, the lifetime peak)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda max allocated" if device.type == "cuda" else "peak RSS"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self.kind = "peak RSS (process lifetime)"
+
+    def peak(self) -> Optional[int]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device))
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _params(omni, work: Workload, seed: int):
+    talker = omni.talker
+    # Fixed lengths: the Thinker ignores its stop ids; the Talker can emit neither its stop codes nor
+    # codes the codec's table cannot take (the 7B's vocabulary of 8448 is larger), so every turn speaks
+    # exactly `codes` codes -- what transformers does with min_new_tokens and the same suppression.
+    banned = {talker.config.tts_codec_start_token_id, *talker.stop_codes,
+              *range(omni.token2wav.num_codes, talker.config.vocab_size)}
+    return (omni.thinker.sampling_params(max_new_tokens=work.text_tokens, ignore_eos=True),
+            talker.sampling_params(seed=seed, max_new_tokens=work.codes, ignore_eos=True,
+                                   suppress_token_ids=tuple(sorted(banned))))
+
+
+def run_request(omni, scenario, work: Workload, rec: RequestRecord, seed: int, clock: Optional[CodeClock]) -> None:
+    """One turn into `rec` (its arrival already set)."""
+    rec.start = time.perf_counter()
+    prepared = scenario.prepare(omni.thinker)
+    rec.prepared = time.perf_counter()
+    rec.prompt_tokens = prepared.num_tokens
+    params, talker_params = _params(omni, work, seed)
+    if clock is not None:
+        clock.watch(rec.code_t)
+    try:
+        for ev in omni.generate(prepared=prepared, params=params, speaker=work.speaker, talker_params=talker_params,
+                                seed=seed):
+            if isinstance(ev, TokenEvent):
+                rec.text_t.append(ev.t)
+            elif isinstance(ev, AudioEvent):
+                pk = ev.packet
+                rec.packets.append({"t": ev.t, "start_sample": pk.start_sample, "samples": int(pk.samples.numel()),
+                                    "codes": list(pk.codes), "dit_ms": round(pk.dit_ms, 3),
+                                    "vocoder_ms": round(pk.vocoder_ms, 3)})
+            elif isinstance(ev, TurnResult):
+                rec.codes, rec.dropped_codes, rec.audio_seconds = len(ev.codes), ev.dropped_codes, ev.audio_seconds
+        rec.end = time.perf_counter()
+    finally:
+        if clock is not None:
+            clock.watch(None)
+
+
+def run_level(omni, scenario, work: Workload, concurrency: int, requests: int, arrival, seed: int,
+              clock: Optional[CodeClock], meter: MemoryMeter,
+              on_done: Callable[[RequestRecord], None] = lambda rec: None) -> LevelRun:
+    offsets = arrival_offsets(requests, arrival, seed)
+    records: list[RequestRecord] = []
+    lock = threading.Lock()
+    ready = threading.Barrier(min(concurrency, requests) + 1)
+    origin = [0.0]
+    errors: list[BaseException] = []
+
+    def worker():
+        ready.wait()
+        while True:
+            with lock:
+                i = len(records)
+                if i >= requests or errors:
+                    return
+                rec = RequestRecord(i, origin[0] + offsets[i], offsets[i])
+                records.append(rec)
+            delay = rec.arrival - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                run_request(omni, scenario, work, rec, seed + i, clock)
+            except BaseException as e:  # noqa: BLE001 -- reported by the main thread, with the request
+                rec.error = f"{type(e).__name__}: {e}"
+                with lock:
+                    errors.append(e)
+                return
+            on_done(rec)
+
+    threads = [threading.Thread(target=worker, name=f"omni-bench-{scenario.name}-{k}", daemon=True)
+               for k in range(min(concurrency, requests))]
+    for t in threads:
+        t.start()
+    meter.reset()
+    origin[0] = time.perf_counter()
+    ready.wait()
+    for t in threads:
+        t.join()
+    wall = max((r.end or origin[0]) for r in records) - origin[0] if records else 0.0
+    peak = meter.peak()
+    if errors:
+        bad = next(r for r in records if r.error)
+        kind = ValueError if isinstance(errors[0], ValueError) else RuntimeError  # bad input stays a usage error
+        raise kind(f"{scenario.name} at concurrency {concurrency}: request {bad.index} failed: {bad.error}") \
+            from errors[0]
+    return LevelRun(scenario.name, concurrency, records, wall, peak, meter.kind)
