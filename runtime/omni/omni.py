@@ -16,6 +16,8 @@ decodes all codes at once at the end, which is what transformers' `generate` ret
 """
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from typing import Optional
 
 from ..engine import SamplingParams
@@ -39,6 +41,16 @@ class Omni:
         self.thinker, self.talker, self.token2wav = thinker, talker, token2wav
         if token2wav is not None:
             token2wav.vocoder.receptive_field_frames()  # computed once now, not in a turn
+        self._codec_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._pool_lock = threading.Lock()
+
+    def codec_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The one thread that runs every Token2Wav decode of this Omni (all turns' chunks, in the
+        order they are submitted), so the Thinker and Talker steps go on while speech is decoded."""
+        with self._pool_lock:
+            if self._codec_pool is None:
+                self._codec_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="omni-token2wav")
+            return self._codec_pool
 
     @classmethod
     def from_checkpoint(cls, path=None, device="cpu", dtype=None, progress=None, *, speech: Optional[bool] = None,

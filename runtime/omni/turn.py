@@ -4,12 +4,15 @@ chunks interleave, and every text token and audio packet is yielded the moment i
 The loop: hand out the Thinker's new tokens (each also tells the Talker's inputs the reply so
 far); start the Talker once its prompt is ready; pass new codes to the Token2Wav stream (codes the
 codec's table cannot take are dropped and counted -- they never reach the DiT, where transformers
-raises an IndexError); then run one step of each engine that has work. Both engines are shared:
+raises an IndexError), which decodes on the Omni's codec thread while this loop goes on; hand out
+the packets it has finished, in order; then run one step of each engine that has work. Both engines are shared:
 other turns' steps batch with this one, and a step another consumer runs delivers this turn's
 events too (`Engine.try_step`). Leaving the iterator early aborts both requests at once.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import time
 
 import torch
@@ -20,6 +23,47 @@ from .events import AudioEvent, TurnResult
 __all__ = ["Turn"]
 
 _IDLE_S = 0.005  # nothing could run: wait at most this long for another driver's step to end
+
+
+class _Decoder:
+    """This turn's Token2Wav stream, decoded on the Omni's codec thread so that the Thinker and
+    Talker keep stepping meanwhile: pushes run in order, each push's packets come back when it is
+    done. The stream is made by the first push (the first text token waits for nothing)."""
+
+    def __init__(self, omni, speaker, seed: int):
+        self.omni, self.speaker, self.seed = omni, speaker, seed
+        self.stream = None
+        self.pending: collections.deque = collections.deque()
+
+    def _push(self, codes):
+        if self.stream is None:
+            self.stream = self.omni.token2wav.stream(self.speaker, seed=self.seed)
+        return self.stream.push(codes)
+
+    def _finish(self):
+        return [] if self.stream is None else self.stream.finish()
+
+    def push(self, codes) -> None:
+        self.pending.append(self.omni.codec_pool().submit(self._push, codes))
+
+    def ready(self) -> list:
+        out = []
+        while self.pending and self.pending[0].done():
+            out += self.pending.popleft().result()
+        return out
+
+    def wait(self, timeout: float) -> None:
+        concurrent.futures.wait([self.pending[0]], timeout=timeout)
+
+    def finish(self):
+        """The remaining packets, in order, as each push completes (then the stream's last)."""
+        self.pending.append(self.omni.codec_pool().submit(self._finish))
+        while self.pending:
+            yield from self.pending.popleft().result()
+
+    def cancel(self) -> None:
+        for f in self.pending:
+            f.cancel()
 
 
 class Turn:
@@ -41,7 +85,8 @@ class Turn:
                                   th.thinker_config.vision_config.spatial_merge_size)
         th_seq = th.engine.add_request(**self.prepared.request(), params=self.params, detokenizer=th._detokenizer(),
                                        sink=inputs.sink if speak else None)
-        ta_seq, stream = None, None
+        ta_seq = None
+        decoder = _Decoder(omni, self.speaker, self.seed) if speak and self.streamed else None
         num_codes_max = omni.token2wav.num_codes if speak else 0
         stops = set(omni.talker.stop_codes) if speak else set()
         pieces = []
@@ -63,12 +108,11 @@ class Turn:
                     self.timings["talker_start"] = time.perf_counter() - t0
                 if ta_seq is not None and ta_seq.events:
                     new = self._take_codes(ta_seq, stops, num_codes_max, t0)
-                    if new and self.streamed and stream is None:  # made here: the first text token waits for nothing
-                        stream = omni.token2wav.stream(self.speaker, seed=self.seed)
-                    if new and stream is not None:
-                        for packet in stream.push(new):
-                            pieces.append(packet.samples)
-                            yield self._audio_event(packet, t0)
+                    if new and decoder is not None:
+                        decoder.push(new)
+                for packet in decoder.ready() if decoder is not None else ():
+                    pieces.append(packet.samples)
+                    yield self._audio_event(packet, t0)
                 ta_done = not speak or inputs.silent or (ta_seq is not None and ta_seq.finished and not ta_seq.events)
                 if ta_seq is not None and ta_done and ta_seq.error is not None:
                     raise ta_seq.error
@@ -78,15 +122,15 @@ class Turn:
                 if ta_seq is not None and not ta_seq.finished:
                     ran = omni.talker.engine.try_step() or ran
                 if not ran and not th_seq.events and not (ta_seq is not None and ta_seq.events):
-                    # another consumer drives (or everything waits for it): sleep until a step ends
-                    busy = th.engine if not th_seq.finished else omni.talker.engine
-                    busy.wait_for_step(_IDLE_S)
+                    if decoder is not None and decoder.pending:
+                        decoder.wait(_IDLE_S)  # nothing to step: a packet is what comes next
+                    else:  # another consumer drives (or everything waits for it): sleep until a step ends
+                        busy = th.engine if not th_seq.finished else omni.talker.engine
+                        busy.wait_for_step(_IDLE_S)
             self.timings["codes_done"] = time.perf_counter() - t0
             waveform = None
-            if speak and self.streamed and stream is None:
-                waveform = torch.zeros(0)  # no code reached the codec
-            if stream is not None:
-                for packet in stream.finish():
+            if decoder is not None:
+                for packet in decoder.finish():
                     pieces.append(packet.samples)
                     yield self._audio_event(packet, t0)
                 waveform = torch.cat(pieces) if pieces else torch.zeros(0)
@@ -94,6 +138,8 @@ class Turn:
                 waveform = self._decode_all(t0)
             yield self._result(th_seq, waveform, t0)
         finally:
+            if decoder is not None:
+                decoder.cancel()
             for seq, engine in ((th_seq, th.engine), (ta_seq, omni.talker.engine if speak else None)):
                 if seq is not None and not seq.finished:
                     engine.abort(seq)
@@ -127,7 +173,8 @@ class Turn:
         noise = self.noise
         if callable(noise):
             noise = noise(len(self.codes) * self.omni.token2wav.config.dit_config.repeats)
-        wav = self.omni.token2wav(self.codes, self.speaker, noise=noise, seed=self.seed)
+        wav = self.omni.codec_pool().submit(self.omni.token2wav, self.codes, self.speaker, noise=noise,
+                                            seed=self.seed).result()
         self.timings["token2wav_ms"] = 1000 * (time.perf_counter() - t)
         self.timings.setdefault("first_audio", time.perf_counter() - t0)
         return wav

