@@ -9,7 +9,7 @@
 #    builds omni_kernels._C (the C++ CPU twin) and omni_kernels._cuda (the paged KV-cache ops, with
 #    the machine's nvcc). If pip fails, `setup.py build_ext --inplace` builds the two modules into
 #    the tree, used through PYTHONPATH (`import omni_kernels` needs _C; the KV-cache ops need _cuda);
-# 3. runs tests/test_gpu_{paged,kernels,engine,speech}.py with TRITON_INTERPRET=0
+# 3. runs tests/test_gpu_{paged,kernels,engine,speech,token2wav}.py with TRITON_INTERPRET=0
 #    (tests/conftest.py defaults it to 1), one pytest process each, their JUnit XMLs merged into one;
 # 4. runs the six kernel benchmarks (paged KV-cache ops, paged decode, paged prefill, tmrope, block
 #    sparse, DiT window), the Thinker end to end vs transformers (bench_thinker: bf16 and fp32) and
@@ -164,11 +164,11 @@ for step in $STEPS; do
     test)
         # One pytest process per file, so a CUDA error that poisons one process (an illegal
         # address is sticky) cannot fail the other file's tests; the JUnit XMLs are merged into one.
-        banner "tests/test_gpu_{paged,kernels,engine,speech}.py; TRITON_INTERPRET=0 (timeout ${T}s)"
+        banner "tests/test_gpu_{paged,kernels,engine,speech,token2wav}.py; TRITON_INTERPRET=0 (timeout ${T}s)"
         TEST_START=$(date +%s)
         XMLS=()
         FAILED=""
-        for f in tests/test_gpu_paged.py tests/test_gpu_kernels.py tests/test_gpu_engine.py tests/test_gpu_speech.py; do
+        for f in tests/test_gpu_paged.py tests/test_gpu_kernels.py tests/test_gpu_engine.py tests/test_gpu_speech.py tests/test_gpu_token2wav.py; do
             if [ "$f" = tests/test_gpu_paged.py ]; then
                 FT=$((T - 80)); if [ "$FT" -lt 60 ]; then FT=60; fi  # leave the second file >= 80 s
             else
@@ -273,7 +273,7 @@ echo "total $(($(date +%s) - START)) s"
 main 2>&1 | tee -a "$LOG"
 rc=$?
 if [ -s "$XML_MERGED" ]; then
-    { echo; echo "=== test_gpu.xml (JUnit; tests/test_gpu_{paged,kernels,engine,speech}.py merged) ==="
+    { echo; echo "=== test_gpu.xml (JUnit; tests/test_gpu_{paged,kernels,engine,speech,token2wav}.py merged) ==="
       cat "$XML_MERGED"; echo; echo "=== end of test_gpu.xml ==="; } >> "$LOG"
 fi
 for json in "$LOG_JSON_DIR"/*.json; do

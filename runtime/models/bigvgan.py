@@ -41,6 +41,9 @@ __all__ = ["BigVGAN", "BIGVGAN_PREFIX", "kaiser_sinc_filter1d", "receptive_field
 
 BIGVGAN_PREFIX = "token2wav.code2wav_bigvgan_model."
 _MIN_DB = -115.0  # the dB floor of process_mel_spectrogram
+# transformers' floor exp(-115 / 20 * ln 10), computed as it does (a float32 exp), kept as a Python
+# float (exactly that float32 value): clamp takes it without making a device tensor per call
+_MIN_LEVEL = float(torch.tensor(_MIN_DB / 20.0 * math.log(10), dtype=torch.float32).exp())
 _REF_DB = 20.0  # subtracted after amplitude_to_db
 
 
@@ -233,14 +236,17 @@ class BigVGAN(nn.Module):
 
     def process_mel(self, mel: torch.Tensor) -> torch.Tensor:
         """Natural-log mel -> dB (floor -115, minus 20) -> [-1, 1]: transformers' process_mel_spectrogram."""
-        min_level = torch.tensor(_MIN_DB / 20.0 * math.log(10), device=mel.device, dtype=mel.dtype).exp()
-        db = 20 * torch.log10(torch.clamp(torch.exp(mel), min=min_level)) - _REF_DB
+        db = 20 * torch.log10(torch.clamp(torch.exp(mel), min=_MIN_LEVEL)) - _REF_DB
         return torch.clamp(2 * ((db - _MIN_DB) / -_MIN_DB) - 1, -1, 1)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """mel (B, mel_dim, T) natural-log amplitudes, T >= 1, finite -> waveform (B, T * hop_length)
         float32 on the model's device, clamped to [-1, 1]."""
-        mel = self._check(mel)
+        return self.synthesize(self._check(mel))
+
+    def synthesize(self, mel: torch.Tensor) -> torch.Tensor:
+        """`forward` for a mel already checked (on the model's device and dtype): no host reads,
+        so a CUDA graph can capture it."""
         x = self.conv_pre(self.process_mel(mel))
         n = self.blocks_per_stage
         for i, up in enumerate(self.ups):

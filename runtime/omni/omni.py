@@ -58,7 +58,8 @@ class Omni:
                         media_options=None) -> "Omni":
         """Thinker (see `Thinker.from_checkpoint`), and with speech (None: when the checkpoint has
         Talker and Token2Wav weights; True: required) the Talker in the same dtype and Token2Wav in
-        fp32, on the same device."""
+        fp32, on the same device. engine_kwargs["cuda_graphs"] (default: on for CUDA) switches the
+        CUDA graphs of all three."""
         thinker = Thinker.from_checkpoint(path, device=device, dtype=dtype, progress=progress,
                                           engine_kwargs=engine_kwargs, media_options=media_options)
         if speech is False:
@@ -68,8 +69,14 @@ class Omni:
             if speech:
                 raise ValueError(_no_speech_message(ckpt))
             return cls(thinker)
-        talker = Talker.from_checkpoint(ckpt, device=device, dtype=thinker.dtype, engine_kwargs=talker_engine_kwargs)
-        return cls(thinker, talker, Token2Wav.from_checkpoint(ckpt, device=device))
+        # one switch for all CUDA graphs: engine_kwargs' cuda_graphs (None: on for CUDA) also sets
+        # the Talker's (unless its own kwargs say) and Token2Wav's
+        graphs = (engine_kwargs or {}).get("cuda_graphs")
+        talker_kwargs = dict(talker_engine_kwargs or {})
+        if graphs is not None:
+            talker_kwargs.setdefault("cuda_graphs", graphs)
+        talker = Talker.from_checkpoint(ckpt, device=device, dtype=thinker.dtype, engine_kwargs=talker_kwargs)
+        return cls(thinker, talker, Token2Wav.from_checkpoint(ckpt, device=device, graphs=graphs))
 
     @property
     def can_speak(self) -> bool:

@@ -152,7 +152,12 @@ class FlowSampler:
 
     def sample(self, codes: torch.Tensor, speaker_condition, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
         """codes (n,) int64, noise (1, n * repeats, mel_dim) -> mel (1, n * repeats, mel_dim)."""
-        grid, modulation = self.grid_and_modulation(schedule)
+        return self.solve(codes, speaker_condition, noise, schedule, *self.grid_and_modulation(schedule))
+
+    def solve(self, codes: torch.Tensor, speaker_condition, noise: torch.Tensor, schedule: Schedule,
+              grid: torch.Tensor, modulation: Modulation) -> torch.Tensor:
+        """`sample` given the schedule's grid and modulation: device work only, no host reads and
+        no sizes that depend on values (what `graphs.SolveRunner` captures)."""
         condition = self.dit.condition(codes, *speaker_condition)
         scale = schedule.guidance_scale
 

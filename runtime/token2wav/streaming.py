@@ -30,6 +30,11 @@ exact left context and better mel there, so every fade frame blends in a worse s
 Packets tile the waveform: packet k holds samples [s * hop, e * hop); together they are exactly the
 non-streamed length. `Packet.depends_on` is the code range that can influence a packet: changing a
 code outside it leaves the packet bit-identical.
+
+CUDA graphs. A stream's chunks have a few shapes (`regular_shapes`; only the last chunk's differs):
+with graphs on (the default on CUDA) each chunk's DiT solve and vocoder run replay CUDA graphs of
+those shapes (graphs.py), captured when the first stream of a plan and schedule starts; the
+packets are the same.
 """
 from __future__ import annotations
 
@@ -92,7 +97,7 @@ class Token2WavStream:
     """One utterance. Made by `Token2Wav.stream`; not thread-safe."""
 
     def __init__(self, t2w, speaker: Union[str, Speaker], *, seed: int, schedule: Schedule,
-                 plan: Optional[StreamPlan] = None):
+                 plan: Optional[StreamPlan] = None, runners=None):
         self.t2w = t2w
         self.plan = StreamPlan() if plan is None else plan
         if not isinstance(self.plan, StreamPlan):
@@ -112,6 +117,12 @@ class Token2WavStream:
         with torch.inference_mode():  # ECAPA and the time modulations now, before the first codes arrive
             self._speaker = t2w.sampler.speaker_condition(ref_mel, cond, schedule)
             t2w.sampler.grid_and_modulation(schedule)
+        # The DiT solve and the vocoder: plain calls, or `graphs.Token2WavGraphs` (static buffers,
+        # CUDA graphs), whose runners for this plan's chunk shapes are made (captured) now.
+        self._sample, self._vocode = t2w.sampler.sample, t2w.vocoder
+        if runners is not None:
+            runners.prepare(schedule, *self.regular_shapes())
+            self._sample, self._vocode = runners.solve, runners.vocode
         self._codes = torch.empty(0, dtype=torch.int64, device=t2w.device)
         self._chunk = 0  # the next chunk to decode
         self._mel = torch.empty(1, 0, t2w.mel_dim, device=t2w.device)  # final mel before the next chunk
@@ -132,6 +143,22 @@ class Token2WavStream:
     def _chunk_of(self, frame: int) -> int:
         p, b = self.plan, self.t2w.block_size
         return 0 if frame < p.first_chunk_blocks * b else 1 + (frame // b - p.first_chunk_blocks) // p.chunk_blocks
+
+    def regular_shapes(self) -> tuple[list[int], list[int]]:
+        """(DiT window frames, vocoder mel frames) of the chunks `push` decodes: those of chunks 0,
+        1, ... up to the first one whose DiT and vocoder left contexts are whole; every later chunk
+        has its shapes. Only `finish()`'s last chunk can differ."""
+        b, p = self.t2w.block_size, self.plan
+        right = p.right_blocks * b
+        windows, mels = set(), set()
+        k = 0
+        while True:
+            start, end = self._start(k), self._end(k)
+            windows.add(end + right - self._window_start(k))
+            mels.add(min(self._voc_left, start) + end - start + min(self._voc_right, right))
+            if k >= 1 and start >= max(p.left_blocks * b, self._voc_left):
+                return sorted(windows), sorted(mels)
+            k += 1
 
     @property
     def codes_pushed(self) -> int:
@@ -176,13 +203,13 @@ class Token2WavStream:
         with torch.inference_mode():
             noise = initial_noise(self.seed, window_start, window_end - window_start, t2w.mel_dim,
                                   t2w.block_size).to(t2w.device)
-            window = t2w.sampler.sample(self._codes[window_start // r:window_end // r], self._speaker, noise,
-                                        self.schedule)
+            window = self._sample(self._codes[window_start // r:window_end // r], self._speaker, noise,
+                                  self.schedule)
             t1 = time.perf_counter()
             final = window[:, start - window_start:end - window_start]
             provisional = window[:, end - window_start:][:, :self._voc_right]
             left = self._mel[:, self._mel.shape[1] - min(self._voc_left, self._mel.shape[1]):]
-            wave = t2w.vocoder(torch.cat([left, final, provisional], dim=1).transpose(1, 2))[0].float().cpu()
+            wave = self._vocode(torch.cat([left, final, provisional], dim=1).transpose(1, 2))[0].float().cpu()
         hop = t2w.hop_length
         keep = end - start + min(plan.crossfade, provisional.shape[1])
         wave = wave[left.shape[1] * hop:(left.shape[1] + keep) * hop]

@@ -9,6 +9,10 @@ transformers' `Qwen2_5OmniToken2WavModel.forward` given the same initial noise.
 The initial noise is `flow.initial_noise(seed, ...)` (per DiT block, so the streamed decode draws
 the same numbers as the whole); `noise=` passes an explicit (1, frames, mel_dim) tensor instead
 (e.g. transformers' `torch.randn`).
+
+`graphs` (None: on for CUDA, off otherwise): a stream's chunks replay CUDA graphs of the DiT solve
+and the vocoder (graphs.py), the same outputs as the plain calls; `stream(..., static=True)` runs
+that static-buffer path without capture (how the CPU tests check it).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from ..io.speakers import Speaker
 from ..models.bigvgan import BIGVGAN_PREFIX, BigVGAN
 from ..models.dit import DIT_PREFIX, DiT
 from .flow import FlowSampler, Schedule, initial_noise
+from .graphs import Token2WavGraphs, graphs_enabled
 from .inputs import check_codes, check_mel, check_noise, check_speaker
 from .streaming import StreamPlan, Token2WavStream
 
@@ -31,7 +36,8 @@ __all__ = ["Token2Wav"]
 class Token2Wav:
     """The DiT and the vocoder of one checkpoint, with its speakers."""
 
-    def __init__(self, config: Token2WavConfig, dit: DiT, vocoder: BigVGAN, speakers: Mapping[str, Speaker]):
+    def __init__(self, config: Token2WavConfig, dit: DiT, vocoder: BigVGAN, speakers: Mapping[str, Speaker],
+                 graphs: Optional[bool] = None):
         self.config = config
         self.dit = dit
         self.vocoder = vocoder
@@ -41,11 +47,13 @@ class Token2Wav:
         self.num_embeds, self.mel_dim, self.repeats = dit_cfg.num_embeds, dit_cfg.mel_dim, dit_cfg.repeats
         self.block_size, self.max_frames = dit_cfg.block_size, dit_cfg.max_position_embeddings
         self.hop_length = config.bigvgan_config.hop_length
+        self.graphs = graphs_enabled(graphs, self.device)
+        self._runners: dict[bool, Token2WavGraphs] = {}  # by capture (CUDA graphs) or not, made on first use
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
     def from_state_dict(cls, config: Token2WavConfig, tensors: Mapping[str, torch.Tensor],
-                        speakers: Mapping[str, Speaker], device=None) -> "Token2Wav":
+                        speakers: Mapping[str, Speaker], device=None, graphs: Optional[bool] = None) -> "Token2Wav":
         """tensors named as in the checkpoint (`token2wav.code2wav_dit_model.*`,
         `token2wav.code2wav_bigvgan_model.*`); both models are built in fp32 on `device`."""
         config.validate()
@@ -53,10 +61,10 @@ class Token2Wav:
                                   device=device)
         vocoder_tensors = {k: v for k, v in tensors.items() if k.startswith(BIGVGAN_PREFIX)}
         vocoder = BigVGAN.from_state_dict(config.bigvgan_config, vocoder_tensors, device=device)
-        return cls(config, dit, vocoder, speakers)
+        return cls(config, dit, vocoder, speakers, graphs=graphs)
 
     @classmethod
-    def from_checkpoint(cls, ckpt_or_path, device="cpu") -> "Token2Wav":
+    def from_checkpoint(cls, ckpt_or_path, device="cpu", graphs: Optional[bool] = None) -> "Token2Wav":
         """An opened checkpoint (`omni_runtime.io.checkpoint.open_checkpoint`) or its directory:
         loads `token2wav.*` in fp32 straight to `device`, and the checkpoint's speakers."""
         from ..io.checkpoint import Checkpoint, load_tensors, open_checkpoint
@@ -68,7 +76,7 @@ class Token2Wav:
         if not ckpt.config.enable_audio_output:
             raise ValueError(f"checkpoint {ckpt.path} has no Token2Wav (config enable_audio_output is false)")
         tensors = load_tensors(ckpt, prefix="token2wav.", device=device, dtype=torch.float32)
-        return cls.from_state_dict(ckpt.config.token2wav_config, tensors, ckpt.speakers, device=device)
+        return cls.from_state_dict(ckpt.config.token2wav_config, tensors, ckpt.speakers, device=device, graphs=graphs)
 
     # ---- speakers and codes ------------------------------------------------------------------
     @property
@@ -135,8 +143,18 @@ class Token2Wav:
 
     def stream(self, speaker: Union[str, Speaker], *, seed: int = 0, num_steps: int = 10,
                guidance_scale: float = 0.5, sway_coefficient: Optional[float] = -1.0,
-               plan: Optional[StreamPlan] = None) -> Token2WavStream:
+               plan: Optional[StreamPlan] = None, graphs: Optional[bool] = None,
+               static: bool = False) -> Token2WavStream:
         """A `Token2WavStream` (streaming.py): push codes as they come, get playable packets. `plan`:
-        chunk sizes and contexts (default `StreamPlan()`)."""
+        chunk sizes and contexts (default `StreamPlan()`); `graphs`: CUDA graphs (None: this
+        Token2Wav's setting); `static=True` with graphs off: the same static-buffer path, uncaptured."""
+        graphs = self.graphs if graphs is None else graphs_enabled(graphs, self.device)
+        if not isinstance(static, bool):
+            raise ValueError(f"static must be True or False, got {static!r}")
         return Token2WavStream(self, speaker, seed=seed, schedule=Schedule(num_steps, guidance_scale, sway_coefficient),
-                               plan=plan)
+                               plan=plan, runners=self.runners(graphs) if graphs or static else None)
+
+    def runners(self, capture: bool) -> Token2WavGraphs:
+        """The static-buffer runners of this Token2Wav's streams, captured as CUDA graphs or not
+        (`graphs.Token2WavGraphs`); shared by its streams."""
+        return self._runners.setdefault(capture, Token2WavGraphs(self.sampler, self.vocoder, capture=capture))
