@@ -8,13 +8,11 @@ from the request's arrival, so time spent waiting for a free worker (more reques
 or a Poisson burst) counts too. Arrivals: all at t = 0 ("burst"), or a Poisson process (the first
 at t = 0, then exponential gaps at the given rate, drawn from the seed).
 
-The Talker's codes are timed where the engine emits them: the bench wraps `talker.start` on its own
-`Omni` so each turn's Talker sequence records the time of every code event it receives (the turn
-itself consumes them and yields only audio packets).
+The Talker's codes are timed where the engine emits them (`TurnResult.timings["code_t"]`: the turn
+consumes them and yields only audio packets).
 """
 from __future__ import annotations
 
-import collections
 import random
 import resource
 import threading
@@ -27,7 +25,7 @@ import torch
 from ..engine.sequence import TokenEvent
 from ..omni import AudioEvent, TurnResult
 
-__all__ = ["Workload", "RequestRecord", "LevelRun", "arrival_offsets", "CodeClock", "MemoryMeter", "run_level",
+__all__ = ["Workload", "RequestRecord", "LevelRun", "arrival_offsets", "MemoryMeter", "run_level",
            "run_request"]
 
 
@@ -93,40 +91,6 @@ def arrival_offsets(n: int, arrival, seed: int) -> list[float]:
     return out
 
 
-class _TimedEvents(collections.deque):
-    """A sequence's event deque that also notes when each event was made."""
-
-    def __init__(self, times: list):
-        super().__init__()
-        self.times = times
-
-    def append(self, ev) -> None:
-        self.times.append(ev.t)
-        super().append(ev)
-
-
-class CodeClock:
-    """Records the time of every Talker code of the turns run in a thread that `watch`es a list."""
-
-    def __init__(self, omni):
-        self._local = threading.local()
-        start = omni.talker.start
-
-        def start_and_time(inputs, params=None):
-            seq = start(inputs, params)
-            times = getattr(self._local, "times", None)
-            if times is not None:
-                pending = list(seq.events)  # none yet: the request has not been stepped
-                seq.events = _TimedEvents(times)
-                seq.events.extend(pending)
-            return seq
-
-        omni.talker.start = start_and_time
-
-    def watch(self, times: Optional[list]) -> None:
-        self._local.times = times
-
-
 class MemoryMeter:
     """Peak memory between `reset()` and `peak()`: CUDA max allocated on a GPU; on CPU the process's
     peak RSS (VmHWM, reset through /proc/self/clear_refs; where that is refused, the lifetime peak)."""
@@ -172,35 +136,30 @@ def _params(omni, work: Workload, seed: int):
                                    suppress_token_ids=tuple(sorted(banned))))
 
 
-def run_request(omni, scenario, work: Workload, rec: RequestRecord, seed: int, clock: Optional[CodeClock]) -> None:
+def run_request(omni, scenario, work: Workload, rec: RequestRecord, seed: int) -> None:
     """One turn into `rec` (its arrival already set)."""
     rec.start = time.perf_counter()
     prepared = scenario.prepare(omni.thinker)
     rec.prepared = time.perf_counter()
     rec.prompt_tokens = prepared.num_tokens
     params, talker_params = _params(omni, work, seed)
-    if clock is not None:
-        clock.watch(rec.code_t)
-    try:
-        for ev in omni.generate(prepared=prepared, params=params, speaker=work.speaker, talker_params=talker_params,
+    for ev in omni.generate(prepared=prepared, params=params, speaker=work.speaker, talker_params=talker_params,
                                 seed=seed):
-            if isinstance(ev, TokenEvent):
-                rec.text_t.append(ev.t)
-            elif isinstance(ev, AudioEvent):
-                pk = ev.packet
-                rec.packets.append({"t": ev.t, "start_sample": pk.start_sample, "samples": int(pk.samples.numel()),
-                                    "codes": list(pk.codes), "dit_ms": round(pk.dit_ms, 3),
-                                    "vocoder_ms": round(pk.vocoder_ms, 3)})
-            elif isinstance(ev, TurnResult):
-                rec.codes, rec.dropped_codes, rec.audio_seconds = len(ev.codes), ev.dropped_codes, ev.audio_seconds
-        rec.end = time.perf_counter()
-    finally:
-        if clock is not None:
-            clock.watch(None)
+        if isinstance(ev, TokenEvent):
+            rec.text_t.append(ev.t)
+        elif isinstance(ev, AudioEvent):
+            pk = ev.packet
+            rec.packets.append({"t": ev.t, "start_sample": pk.start_sample, "samples": int(pk.samples.numel()),
+                                "codes": list(pk.codes), "dit_ms": round(pk.dit_ms, 3),
+                                "vocoder_ms": round(pk.vocoder_ms, 3)})
+        elif isinstance(ev, TurnResult):
+            rec.codes, rec.dropped_codes, rec.audio_seconds = len(ev.codes), ev.dropped_codes, ev.audio_seconds
+            rec.code_t = [ev.timings["start"] + t for t in ev.timings["code_t"]]
+    rec.end = time.perf_counter()
 
 
 def run_level(omni, scenario, work: Workload, concurrency: int, requests: int, arrival, seed: int,
-              clock: Optional[CodeClock], meter: MemoryMeter,
+              meter: MemoryMeter,
               on_done: Callable[[RequestRecord], None] = lambda rec: None) -> LevelRun:
     offsets = arrival_offsets(requests, arrival, seed)
     records: list[RequestRecord] = []
@@ -222,7 +181,7 @@ def run_level(omni, scenario, work: Workload, concurrency: int, requests: int, a
             if delay > 0:
                 time.sleep(delay)
             try:
-                run_request(omni, scenario, work, rec, seed + i, clock)
+                run_request(omni, scenario, work, rec, seed + i)
             except BaseException as e:  # noqa: BLE001 -- reported by the main thread, with the request
                 rec.error = f"{type(e).__name__}: {e}"
                 with lock:

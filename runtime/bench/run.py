@@ -119,7 +119,7 @@ def run_bench(args, argv=None):
     from ..omni import Omni
     from ..threads import apply_thread_policy
     from . import report
-    from .load import CodeClock, MemoryMeter, RequestRecord, Workload, run_level, run_request
+    from .load import MemoryMeter, RequestRecord, Workload, run_level, run_request
     from .scenarios import build_scenarios
 
     threads = apply_thread_policy(args.threads)
@@ -147,7 +147,7 @@ def run_bench(args, argv=None):
     load_s = time.perf_counter() - t0
     if args.speaker not in omni.speakers:
         raise UsageError(f"unknown --speaker {args.speaker!r}; {path} has: {', '.join(omni.speakers)}")
-    clock, meter = CodeClock(omni), MemoryMeter(device)
+    meter = MemoryMeter(device)
     scenarios = build_scenarios(args.scenarios, args.media_seconds, args.seed)
     repeats = _PEER_REPEATS[0 if args.quick else 1]
     total = sum(1 + sum(per_level.values()) for _ in scenarios) + (len(scenarios) * (1 + repeats) if args.peer else 0)
@@ -157,18 +157,18 @@ def run_bench(args, argv=None):
         for s in scenarios:
             progress.describe(f"{s.name}: warm-up")
             warm = Workload(min(work.text_tokens, 4), min(work.codes, 24), work.speaker)
-            run_request(omni, s, warm, RequestRecord(-1, time.perf_counter()), args.seed, None)
+            run_request(omni, s, warm, RequestRecord(-1, time.perf_counter()), args.seed)
             progress.step()
             prepared[s.name] = s.prepare(omni.thinker)
             for c in levels_wanted:
                 progress.describe(f"{s.name} at {c} stream{'s' if c > 1 else ''}")
-                lr = run_level(omni, s, work, c, per_level[c], args.arrival, args.seed, clock, meter, progress.step)
+                lr = run_level(omni, s, work, c, per_level[c], args.arrival, args.seed, meter, progress.step)
                 figures, timelines = report.figures_of(lr.records, lr.wall_s, lr.peak_memory_bytes)
                 levels.append({"scenario": s.name, "concurrency": c, "memory": lr.memory_kind, "figures": figures,
                                "timelines": timelines})
         peer_block, peer_rows = None, []
         if args.peer:
-            del omni, clock
+            del omni
             gc.collect()
             if gpu:
                 torch.cuda.empty_cache()

@@ -41,7 +41,8 @@ class TurnResult:
     turn did not speak; finish_reason: the Thinker's; timings (seconds from the turn's start unless
     named otherwise): first_text, first_audio, end, text_tokens, codes, audio_seconds, rtf
     (processing time / audio duration), codes_per_s, dit_ms and vocoder_ms per chunk, code_t (when
-    each Talker code, stop codes included, was sampled)."""
+    each Talker code, stop codes included, was sampled); start: the turn's start
+    (time.perf_counter(), what the others count from)."""
 
     text: str
     token_ids: list[int]

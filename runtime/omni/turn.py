@@ -79,6 +79,7 @@ class Turn:
         omni, th = self.omni, self.omni.thinker
         speak = self.speaker is not None
         t0 = time.perf_counter()
+        self.timings["start"] = t0
         inputs = None
         if speak:
             inputs = TalkerInputs(self.prepared, omni.talker.lm, th.lm.embed, self.speaker.bos_token,
