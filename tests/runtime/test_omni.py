@@ -209,3 +209,27 @@ def test_speech_is_made_while_the_text_is_written(omni, one_thread):
     code_t = result.timings["code_t"]
     t0_shift = result.timings["first_text"] - text_t[0]  # code_t counts from the turn's start
     assert code_t[first_codes_end - 1] - t0_shift < text_t[-1]
+
+
+def test_a_long_prompt_never_stalls_a_speaking_turn(sharp, one_thread):
+    """While a new request's long prompt is prefilled (in chunks of STEP_TOKENS), the turn already
+    generating gets its row in every step."""
+    from omni_runtime.omni.omni import STEP_TOKENS
+
+    path, _ = sharp
+    omni = Omni.from_checkpoint(path, engine_kwargs=dict(max_model_len=2048, num_blocks=300, block_size=16))
+    engine = omni.thinker.engine
+    running = engine.add_request(list(range(20)), SamplingParams(max_new_tokens=30, ignore_eos=True))
+    while len(running.output_ids) < 2:
+        engine.step()
+    long_prompt = engine.add_request([5 + i % 200 for i in range(3 * STEP_TOKENS)], SamplingParams(max_new_tokens=2))
+    prefill_steps = 0
+    while long_prompt.num_computed < long_prompt.num_prompt_tokens:
+        before = len(running.output_ids)
+        results = {id(r.seq): r for r in engine.step()}
+        assert len(running.output_ids) == before + 1  # a row for the speaking turn, every step
+        assert results[id(long_prompt)].num_tokens <= STEP_TOKENS - 1
+        prefill_steps += 1
+    assert prefill_steps >= 3
+    engine.abort(running)
+    engine.abort(long_prompt)
