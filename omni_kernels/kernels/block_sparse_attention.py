@@ -127,26 +127,46 @@ def kernel_meta(dtype_name: str, head_dim: int, block_size, even_kv: bool,
 
 
 KERNEL = block_sparse_attention_kernel
-# Every GPU block size (64 or 128, either side) maps to the same 64 x 64 tiles, so one block size
-# stands for all of them; head dims 80 and 128 share BLOCK_D (the gate compiles each variant once).
-AOT_CONFIGS = [
-    {"dtype": dtype, "head_dim": head_dim, "block_size": (128, 128), "even_kv": even_kv}
-    for dtype in ("fp16", "bf16", "fp32")
-    for head_dim in (64, 80, 128)
-    for even_kv in (False, True)
-]
+# The model's calls (omni_runtime.models.audio_encoder / vision_encoder), q/k/v viewed (1, H, L, D)
+# as the call sites view them, over the masks the encoders build (omni_kernels.block_mask, blocks of
+# 128): the audio encoder (20 heads x 64) over the 2-s chunks of a 30-s and a 64-s clip (1500 and
+# 3200 tokens: Lk % 128 != 0 and == 0, the two EVEN_KV variants), the vision encoder (16 heads x 80)
+# over its window and its full-attention mask of a 34 x 46 and a 32 x 32 patch image (1564 and
+# 1024 tokens). Head dim 128 (HEAD_DIMS) has no Qwen2.5-Omni call site; it shares BLOCK_D and every
+# specialisation with 80, so the vision configs stand for it.
+AOT_CONFIGS = (
+    [{"model": "audio", "dtype": dtype, "frames": frames} for dtype in ("fp16", "bf16", "fp32")
+     for frames in (3000, 6400)]
+    + [{"model": "vision", "dtype": dtype, "grid": grid, "mask": mask} for dtype in ("fp16", "bf16", "fp32")
+       for grid in ((1, 34, 46), (1, 32, 32)) for mask in ("window", "full")]
+)
+
+
+def _aot_mask(cfg: dict):
+    from ..block_mask import audio_chunk_block_mask, vision_full_block_mask, vision_window_block_mask
+
+    if cfg["model"] == "audio":
+        return audio_chunk_block_mask(torch.tensor([cfg["frames"]]), 100)[0]
+    grid = torch.tensor([cfg["grid"]])
+    return vision_window_block_mask(grid)[0] if cfg["mask"] == "window" else vision_full_block_mask(grid)[0]
 
 
 def aot_spec(cfg: dict) -> dict:
-    t = "*" + cfg["dtype"]
-    constexprs, options = kernel_meta(cfg["dtype"], cfg["head_dim"], cfg["block_size"], cfg["even_kv"])
-    return {
-        "pointers": {"Q": t, "K": t, "V": t, "OUT": t, "KV_NUM": "*i32", "KV_IDX": "*i32", "FULL_NUM": "*i32",
-                     "FULL_IDX": "*i32", "Q_SEG": "*i32", "KV_SEG": "*i32"},
-        "floats": ("qk_scale",),
-        "constexprs": constexprs,
-        "options": options,
-    }
+    """For the AOT gate: `launch` as the call site runs it for cfg, on CPU tensors of the real shapes."""
+    from ..aot import MODELS, torch_dtype
+
+    n_heads, _, head_dim = MODELS[cfg["model"]]
+    mask = _aot_mask(cfg)
+    length = mask.seq_lengths[0]
+    constexprs, options = kernel_meta(cfg["dtype"], head_dim, mask.block_size, length % mask.block_size[1] == 0)
+
+    def run():
+        q, k, v = (torch.empty(length, n_heads * head_dim, dtype=torch_dtype(cfg["dtype"]))
+                   .view(length, n_heads, head_dim).transpose(0, 1)[None] for _ in range(3))
+        launch(q, k, v, mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks, mask.full_kv_indices,
+               mask.q_segment_ids, mask.kv_segment_ids, mask.block_size, mask.causal, head_dim ** -0.5)
+
+    return {"launch": run, "constexprs": constexprs, "options": options}
 
 
 def _strides(t: torch.Tensor, dims: int) -> list[int]:

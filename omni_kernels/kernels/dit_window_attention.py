@@ -102,23 +102,32 @@ def kernel_meta(dtype_name: str, head_dim: int, config: dict | None = None) -> t
 
 
 KERNEL = dit_window_attention_kernel
-# Every config `launch` can pick: pick_config depends only on (dtype, head_dim).
+# The model's calls (omni_runtime.models.dit): batch 2 (guidance), 16 heads x 64, blocks of 24
+# frames, q/k/v (B, L, H*D) projections viewed as (B, H, L, D). Its layers are (back, ahead) =
+# (1, 0), (0, 1) or (0, 0), and the JIT specialises ints equal to 1 as constants; the frame count
+# is a runtime int too: one divisible by 16, one not. Token2Wav runs fp32; the kernel takes all three.
 AOT_CONFIGS = [
-    {"dtype": dtype, "head_dim": head_dim}
+    {"dtype": dtype, "frames": frames, "back": back, "ahead": ahead}
     for dtype in ("fp16", "bf16", "fp32")
-    for head_dim in (64, 80, 128)
+    for frames in (600, 608)
+    for back, ahead in ((1, 0), (0, 1), (0, 0))
 ]
 
 
 def aot_spec(cfg: dict) -> dict:
-    t = "*" + cfg["dtype"]
-    constexprs, options = kernel_meta(cfg["dtype"], cfg["head_dim"])
-    return {
-        "pointers": {"Q": t, "K": t, "V": t, "INV_FREQ": "*fp32", "OUT": t},
-        "floats": ("qk_scale",),
-        "constexprs": constexprs,
-        "options": options,
-    }
+    """For the AOT gate: `launch` as the call site runs it for cfg, on CPU tensors of the real shapes."""
+    from ..aot import DIT_BATCH, DIT_BLOCK, MODELS, torch_dtype
+
+    n_heads, _, head_dim = MODELS["dit"]
+    constexprs, options = kernel_meta(cfg["dtype"], head_dim)
+
+    def run():
+        length, dtype = cfg["frames"], torch_dtype(cfg["dtype"])
+        q, k, v = (torch.empty(DIT_BATCH, length, n_heads * head_dim, dtype=dtype)
+                   .view(DIT_BATCH, length, n_heads, head_dim).transpose(1, 2) for _ in range(3))
+        launch(q, k, v, torch.empty(head_dim // 2), DIT_BLOCK, cfg["back"], cfg["ahead"], head_dim ** -0.5)
+
+    return {"launch": run, "constexprs": constexprs, "options": options}
 
 
 def launch(q, k, v, inv_freq, block_size: int, back: int, ahead: int, scale: float, config: dict | None = None):

@@ -162,13 +162,15 @@ def pick_num_splits(batch: int, num_kv_heads: int, group: int, max_seq_len: int,
 
 KERNEL = paged_decode_attention_kernel
 REDUCE_KERNEL = paged_decode_reduce_kernel
-# Head dims 80 and 128 share BLOCK_D = 128; the gate compiles each distinct variant once. The
-# split-KV merge kernel's variants are listed too (out dtype x BLOCK_D).
-AOT_CONFIGS = (
-    [{"dtype": dtype, "head_dim": head_dim} for dtype in ("fp16", "bf16", "fp32") for head_dim in (64, 80, 128)]
-    + [{"kernel": "REDUCE_KERNEL", "dtype": dtype, "head_dim": head_dim}
-       for dtype in ("fp16", "bf16", "fp32") for head_dim in (64, 128)]
-)
+# The model's calls (omni_runtime.layers.decoder, decode mode; the engine's StepState): the Thinker
+# and the Talker, pages of 16 and 256 tokens from one cache allocation for all layers (a layer's
+# cache is a view at an offset), block tables as wide as MAX_MODEL_LEN, q rotated into a fresh
+# tensor. Decode batches 1, 8 and 128 with the split count the op picks for an H100 at the model's
+# length (as with CUDA graphs): 64, 9 and 1 splits -- divisible by 16, not, and the constant 1,
+# which also drops the merge kernel.
+AOT_CONFIGS = [{"model": model, "dtype": dtype, "page_size": page_size, "batch": batch}
+               for model in ("thinker", "talker") for dtype in ("fp16", "bf16", "fp32")
+               for page_size in (16, 256) for batch in (1, 8, 128)]
 
 
 def reduce_meta(head_dim: int) -> tuple[dict, dict]:
@@ -177,20 +179,23 @@ def reduce_meta(head_dim: int) -> tuple[dict, dict]:
 
 
 def aot_spec(cfg: dict) -> dict:
-    t = "*" + cfg["dtype"]
-    if cfg.get("kernel") == "REDUCE_KERNEL":
-        constexprs, options = reduce_meta(cfg["head_dim"])
-        # No matmul in the merge: nothing for wgmma to do.
-        return {"pointers": {"PART_O": "*fp32", "PART_LSE": "*fp32", "OUT": t},
-                "floats": (), "constexprs": constexprs, "options": options, "wgmma": False}
-    constexprs, options = kernel_meta(cfg["dtype"], cfg["head_dim"])
-    return {
-        "pointers": {"Q": t, "K_CACHE": t, "V_CACHE": t, "BLOCK_TABLES": "*i32", "SEQ_LENS": "*i32",
-                     "OUT": t, "PART_O": "*fp32", "PART_LSE": "*fp32"},
-        "floats": ("qk_scale",),
-        "constexprs": constexprs,
-        "options": options,
-    }
+    """For the AOT gate: `launch` as the call site runs it for cfg, on CPU tensors of the real shapes.
+    The merge kernel has no matmul: nothing for wgmma to do."""
+    from ..aot import MAX_MODEL_LEN, MODELS, SM_COUNT, torch_dtype
+
+    n_heads, n_kv, head_dim = MODELS[cfg["model"]]
+    constexprs, options = kernel_meta(cfg["dtype"], head_dim)
+
+    def run():
+        batch, page_size, dtype = cfg["batch"], cfg["page_size"], torch_dtype(cfg["dtype"])
+        max_blocks = MAX_MODEL_LEN // page_size
+        caches = torch.empty(2, 2, 4, page_size, n_kv, head_dim, dtype=dtype)  # (layer, k/v, blocks, ...)
+        q = torch.empty(batch, n_heads, head_dim, dtype=dtype)
+        num_splits = pick_num_splits(batch, n_kv, n_heads // n_kv, MAX_MODEL_LEN, SM_COUNT)
+        launch(q, caches[1, 0], caches[1, 1], torch.zeros(batch, max_blocks, dtype=torch.int32),
+               torch.ones(batch, dtype=torch.int32), head_dim ** -0.5, num_splits)
+
+    return {"launch": run, "constexprs": constexprs, "options": options, "no_matmul": (REDUCE_KERNEL.__name__,)}
 
 
 def launch(q, key_cache, value_cache, block_tables, seq_lens, scale: float, num_splits: int,

@@ -127,20 +127,36 @@ def head_packing(group: int, block_m: int) -> tuple[int, int, int]:
 
 
 KERNEL = paged_prefill_attention_kernel
-# Head dims 80 and 128 share BLOCK_D = 128; the gate compiles each distinct variant once.
-AOT_CONFIGS = [{"dtype": dtype, "head_dim": head_dim} for dtype in ("fp16", "bf16", "fp32") for head_dim in (64, 80, 128)]
+# The model's calls (omni_runtime.layers.decoder, chunked-prefill mode; the engine's StepState): the
+# Thinker and the Talker, pages of 16 and 256 tokens from one cache allocation for all layers (a
+# layer's cache is a view at an offset), block tables as wide as MAX_MODEL_LEN, positions a (3, N)
+# view of the engine's flat buffer. A step of two chunks after cached prefixes; N is stride_pos,
+# which the JIT specialises: one count divisible by 16, one not.
+AOT_CONFIGS = [{"model": model, "dtype": dtype, "page_size": page_size, "tokens": tokens}
+               for model in ("thinker", "talker") for dtype in ("fp16", "bf16", "fp32")
+               for page_size in (16, 256) for tokens in (1000, 1024)]
 
 
 def aot_spec(cfg: dict) -> dict:
-    t = "*" + cfg["dtype"]
-    constexprs, options = kernel_meta(cfg["dtype"], cfg["head_dim"])
-    return {
-        "pointers": {"Q": t, "POS": "*i64", "K_CACHE": t, "V_CACHE": t, "BLOCK_TABLES": "*i32",
-                     "CU_SEQLENS_Q": "*i32", "SEQ_LENS": "*i32", "INV_FREQ": "*fp32", "OUT": t},
-        "floats": ("qk_scale",),
-        "constexprs": constexprs,
-        "options": options,
-    }
+    """For the AOT gate: `launch` as the call site runs it for cfg, on CPU tensors of the real shapes."""
+    from ..aot import MAX_MODEL_LEN, MODELS, MROPE_SECTION, torch_dtype
+
+    n_heads, n_kv, head_dim = MODELS[cfg["model"]]
+    constexprs, options = kernel_meta(cfg["dtype"], head_dim)
+
+    def run():
+        n, page_size, dtype = cfg["tokens"], cfg["page_size"], torch_dtype(cfg["dtype"])
+        q = torch.empty(n, n_heads * head_dim, dtype=dtype).view(n, n_heads, head_dim)
+        positions = torch.zeros(3 * n, dtype=torch.int64).view(3, n)
+        caches = torch.empty(2, 2, 4, page_size, n_kv, head_dim, dtype=dtype)  # (layer, k/v, blocks, ...)
+        chunks = [n // 2, n - n // 2]
+        block_tables = torch.zeros(2, MAX_MODEL_LEN // page_size, dtype=torch.int32)
+        cu_seqlens_q = torch.tensor([0, chunks[0], n], dtype=torch.int32)
+        seq_lens = torch.tensor([4096 + c for c in chunks], dtype=torch.int32)  # after cached prefixes
+        launch(q, positions, caches[1, 0], caches[1, 1], block_tables, cu_seqlens_q, seq_lens,
+               torch.empty(head_dim // 2), max(chunks), MROPE_SECTION, head_dim ** -0.5)
+
+    return {"launch": run, "constexprs": constexprs, "options": options}
 
 
 def launch(q, positions, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, inv_freq,

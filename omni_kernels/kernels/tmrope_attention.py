@@ -109,20 +109,30 @@ def kernel_meta(dtype_name: str, head_dim: int) -> tuple[dict, dict]:
 
 
 KERNEL = tmrope_attention_kernel
-# Head dims 80 and 128 share BLOCK_D = 128; the gate compiles each distinct variant once.
-AOT_CONFIGS = [{"dtype": dtype, "head_dim": head_dim} for dtype in ("fp16", "bf16", "fp32") for head_dim in (64, 80, 128)]
+# The model's calls (omni_runtime.layers.decoder, prefill mode): the Thinker and the Talker over a
+# packed batch of two prompts, q/k/v from separate projections, positions a (3, N) view of the
+# engine's flat buffer. N is stride_pos, which the JIT specialises: one count divisible by 16, one not.
+AOT_CONFIGS = [{"model": model, "dtype": dtype, "tokens": tokens}
+               for model in ("thinker", "talker") for dtype in ("fp16", "bf16", "fp32") for tokens in (1000, 1024)]
 
 
 def aot_spec(cfg: dict) -> dict:
-    t = "*" + cfg["dtype"]
-    constexprs, options = kernel_meta(cfg["dtype"], cfg["head_dim"])
-    return {
-        "pointers": {"Q": t, "K": t, "V": t, "POS": "*i64", "INV_FREQ": "*fp32", "CU_SEQLENS": "*i32",
-                     "OUT": t, "K_ROT": t},
-        "floats": ("qk_scale",),
-        "constexprs": constexprs,
-        "options": options,
-    }
+    """For the AOT gate: `launch` as the call site runs it for cfg, on CPU tensors of the real shapes."""
+    from ..aot import MODELS, MROPE_SECTION, torch_dtype
+
+    n_heads, n_kv, head_dim = MODELS[cfg["model"]]
+    constexprs, options = kernel_meta(cfg["dtype"], head_dim)
+
+    def run():
+        n, dtype = cfg["tokens"], torch_dtype(cfg["dtype"])
+        q = torch.empty(n, n_heads * head_dim, dtype=dtype).view(n, n_heads, head_dim)
+        k, v = (torch.empty(n, n_kv * head_dim, dtype=dtype).view(n, n_kv, head_dim) for _ in range(2))
+        positions = torch.zeros(3 * n, dtype=torch.int64).view(3, n)
+        cu_seqlens = torch.tensor([0, n // 3, n], dtype=torch.int32)
+        launch(q, k, v, positions, torch.empty(head_dim // 2), cu_seqlens, n - n // 3, MROPE_SECTION,
+               head_dim ** -0.5)
+
+    return {"launch": run, "constexprs": constexprs, "options": options}
 
 
 def launch(q, k, v, positions, inv_freq, cu_seqlens, max_seqlen, mrope_section, scale):
