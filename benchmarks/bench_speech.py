@@ -28,6 +28,7 @@ import torch
 
 from benchmarks import common
 from benchmarks.bench_thinker import add_checkpoint_args, checkpoint_dir, quiet_transformers
+from omni_runtime.bench.peer import keep_talker_attention_mask
 
 NAME = "bench_speech"
 
@@ -42,21 +43,6 @@ def _median_time(fn, repeats: int, device):
         common.synchronize(device)
         times.append(time.perf_counter() - t0)
     return out, statistics.median(times)
-
-
-def _keep_talker_attention_mask(hf) -> None:
-    """transformers 5.x `generate` drops an all-ones attention_mask, and without one its Talker
-    forward skips its TMRoPE positions and codec pad / bos rows (the released 4.57.3 passes it):
-    hand the mask back, as tests/helpers.py does for the parity tests."""
-    prepare = hf.talker.prepare_inputs_for_generation
-
-    def with_mask(input_ids, inputs_embeds=None, **kwargs):
-        out = prepare(input_ids, inputs_embeds=inputs_embeds, **kwargs)
-        if out.get("attention_mask") is None:
-            out["attention_mask"] = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
-        return out
-
-    hf.talker.prepare_inputs_for_generation = with_mask
 
 
 def _capture_talker_inputs(hf, prompt_ids, speaker, text_tokens, stops, cfg):
@@ -108,7 +94,7 @@ def main(argv=None) -> int:
         hf = transformers.Qwen2_5OmniForConditionalGeneration.from_pretrained(
             str(ckpt_dir), dtype=dtype, attn_implementation="sdpa").to(device).eval()
         hf.token2wav.float()  # as its generate does: Token2Wav runs in fp32
-        _keep_talker_attention_mask(hf)
+        keep_talker_attention_mask(hf)
         th, talker, t2w = omni.thinker, omni.talker, omni.token2wav
         speaker = t2w.speaker(t2w.speakers[0])
         cfg = talker.config
@@ -163,6 +149,8 @@ def main(argv=None) -> int:
                     first = first or time.perf_counter() - t0
                     packets.append(pk)
             packets += stream.finish()
+            if first is None:  # fewer codes than the first chunk needs: the first packet comes at finish()
+                first = time.perf_counter() - t0
             return first, packets
 
         _, w_hf = _median_time(hf_t2w, repeats, device)

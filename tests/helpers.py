@@ -3,6 +3,8 @@ import os
 
 import torch
 
+from omni_runtime.bench.peer import keep_talker_attention_mask  # noqa: F401 (re-exported for the tests)
+
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """||a - e|| / ||e|| in fp64: the one error measure every kernel test states its bounds in."""
@@ -87,21 +89,3 @@ def sharpen_checkpoint(src, dst, prefixes=("thinker.",), seed=0):
         if touched:
             save_file(tensors, str(dst / shard), metadata={"format": "pt"})
     return dst, list(stops)
-
-
-def keep_talker_attention_mask(hf_model):
-    """Give transformers' Talker the all-ones attention_mask that its 5.x `generate` drops: the
-    Talker's forward builds its TMRoPE positions and adds the codec pad / bos rows only when it gets
-    a mask, so without it a batch-1 `generate` silently runs plain positions without them (4.57.3,
-    the version the weights were released with, passes the mask; see tests/runtime/test_talker.py)."""
-    talker = hf_model.talker
-    prepare = talker.prepare_inputs_for_generation
-
-    def with_mask(input_ids, inputs_embeds=None, **kwargs):
-        out = prepare(input_ids, inputs_embeds=inputs_embeds, **kwargs)
-        if out.get("attention_mask") is None:
-            out["attention_mask"] = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
-        return out
-
-    talker.prepare_inputs_for_generation = with_mask
-    return hf_model

@@ -25,8 +25,12 @@ from .load import MemoryMeter, RequestRecord, Workload
 __all__ = ["TransformersPeer", "keep_talker_attention_mask", "hf_inputs"]
 
 
-def keep_talker_attention_mask(model) -> None:
-    """Give transformers' Talker back the all-ones attention_mask its 5.x `generate` drops."""
+def keep_talker_attention_mask(model):
+    """Give transformers' Talker back the all-ones attention_mask its 5.x `generate` drops: the
+    Talker's forward builds its TMRoPE positions and adds the codec pad / bos rows only when it gets
+    a mask, so without it a batch-1 `generate` silently runs plain positions without them (4.57.3,
+    the version the weights were released with, passes the mask; see tests/runtime/test_talker.py).
+    Returns the model."""
     talker = model.talker
     prepare = talker.prepare_inputs_for_generation
 
@@ -37,6 +41,7 @@ def keep_talker_attention_mask(model) -> None:
         return out
 
     talker.prepare_inputs_for_generation = with_mask
+    return model
 
 
 def hf_inputs(prepared, device) -> dict:
