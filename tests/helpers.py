@@ -5,6 +5,9 @@ import torch
 
 from omni_runtime.bench.peer import keep_talker_attention_mask  # noqa: F401 (re-exported for the tests)
 
+# The KV cache of the whole-turn tests' engines (Thinker and Talker): small, several turns at once.
+OMNI_ENGINE = dict(max_model_len=512, num_blocks=96, block_size=16)
+
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """||a - e|| / ||e|| in fp64: the one error measure every kernel test states its bounds in."""

@@ -27,6 +27,7 @@ from ..talker import Talker
 from ..thinker.items import PreparedPrompt
 from ..thinker.thinker import Thinker
 from ..token2wav import Token2Wav
+from .aio import OmniStream
 from .turn import Turn
 
 __all__ = ["Omni", "DEFAULT_SPEAKER", "STEP_TOKENS"]
@@ -101,21 +102,39 @@ class Omni:
             name = DEFAULT_SPEAKER if DEFAULT_SPEAKER in self.speakers else self.speakers[0]
         return self.token2wav.speaker(name)
 
-    def generate(self, conversation=None, *, audios=(), images=(), videos=(), use_audio_in_video: bool = False,
-                 system_prompt=OMNI_SYSTEM_PROMPT, prepared: Optional[PreparedPrompt] = None,
-                 params: Optional[SamplingParams] = None, max_new_tokens: Optional[int] = None, media_options=None,
-                 speak: Optional[bool] = None, speaker: Optional[str] = None,
-                 talker_params: Optional[SamplingParams] = None, seed: int = 0, noise=None, stream: bool = True):
-        """One turn. Arguments as `Thinker.generate`, plus: speak (None: when the model can),
-        speaker (default Chelsie), talker_params (default: the official sampling with seed `seed`;
-        `self.talker.sampling_params(greedy=True)` for argmax), seed (also the DiT's initial noise:
-        the same seed gives the same audio, streamed or not), noise (non-streamed only: the DiT's
-        initial noise, a (1, frames, mel_dim) tensor or a callable(frames) -> tensor).
+    def generate(self, conversation=None, *, stream: bool = True, **kwargs):
+        """One turn. Arguments as `Thinker.generate` (conversation, audios, images, videos,
+        use_audio_in_video, system_prompt, prepared, params, max_new_tokens, media_options), plus:
+        speak (None: when the model can), speaker (default Chelsie), talker_params (default: the
+        official sampling with seed `seed`; `self.talker.sampling_params(greedy=True)` for argmax),
+        seed (also the DiT's initial noise: the same seed gives the same audio, streamed or not),
+        noise (non-streamed only: the DiT's initial noise, a (1, frames, mel_dim) tensor or a
+        callable(frames) -> tensor).
         stream=True: an iterator of `TokenEvent`s and `AudioEvent`s, then the `TurnResult`;
         leaving it early aborts the turn and frees everything. stream=False: the `TurnResult`."""
+        turn = self._turn(conversation, streamed=stream, **kwargs)
+        if stream:
+            return turn.events()
+        result = None
+        for ev in turn.events():
+            result = ev
+        return result
+
+    def stream(self, conversation=None, **kwargs) -> OmniStream:
+        """The asyncio API: `async for ev in omni.stream(...)` yields what `generate` yields (same
+        arguments, streamed), each event as soon as it is ready; the turn runs off the event loop
+        (aio.py). Leaving the loop or `aclose()` aborts it and frees its requests."""
+        return OmniStream(lambda: self._turn(conversation, streamed=True, **kwargs))
+
+    def _turn(self, conversation=None, *, streamed: bool, audios=(), images=(), videos=(),
+              use_audio_in_video: bool = False, system_prompt=OMNI_SYSTEM_PROMPT,
+              prepared: Optional[PreparedPrompt] = None, params: Optional[SamplingParams] = None,
+              max_new_tokens: Optional[int] = None, media_options=None, speak: Optional[bool] = None,
+              speaker: Optional[str] = None, talker_params: Optional[SamplingParams] = None, seed: int = 0,
+              noise=None) -> Turn:
         speak = self.can_speak if speak is None else bool(speak)
         spk = self._speaker(speaker) if speak else None
-        if noise is not None and stream:
+        if noise is not None and streamed:
             raise ValueError("noise= is for the non-streamed decode (stream=False); streams take seed=")
         if prepared is not None and (conversation is not None or audios or images or videos):
             raise ValueError("pass either a conversation (and media) or prepared=, not both")
@@ -126,13 +145,7 @@ class Omni:
         params = self.thinker.sampling_params(params, max_new_tokens)
         if speak and talker_params is None:
             talker_params = self.talker.sampling_params(seed=seed)
-        turn = Turn(self, prepared, params, spk, talker_params, seed=seed, noise=noise, streamed=stream)
-        if stream:
-            return turn.events()
-        result = None
-        for ev in turn.events():
-            result = ev
-        return result
+        return Turn(self, prepared, params, spk, talker_params, seed=seed, noise=noise, streamed=streamed)
 
 
 def _has_speech(ckpt) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import threading
 import time
 
 import torch
@@ -74,6 +75,12 @@ class Turn:
         self.codes: list[int] = []
         self.dropped = 0
         self.timings: dict = {"dit_ms": [], "vocoder_ms": [], "code_t": []}
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop the turn from any thread: its iterator ends at its next pass (within a step),
+        aborting both requests."""
+        self._cancelled.set()
 
     def events(self):
         omni, th = self.omni, self.omni.thinker
@@ -92,7 +99,7 @@ class Turn:
         stops = set(omni.talker.stop_codes) if speak else set()
         pieces = []
         try:
-            while True:
+            while not self._cancelled.is_set():
                 while th_seq.events:
                     ev = th_seq.events.popleft()
                     self.timings.setdefault("first_text", ev.t - t0)
@@ -128,6 +135,8 @@ class Turn:
                     else:  # another consumer drives (or everything waits for it): sleep until a step ends
                         busy = th.engine if not th_seq.finished else omni.talker.engine
                         busy.wait_for_step(_IDLE_S)
+            if self._cancelled.is_set():
+                return  # the finally aborts both requests
             self.timings["codes_done"] = time.perf_counter() - t0
             waveform = None
             if decoder is not None:

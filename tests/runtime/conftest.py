@@ -19,6 +19,24 @@ def tiny_7b_ckpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sharp(tiny_ckpt, tmp_path_factory):
+    """(path, stop ids): the tiny checkpoint with Thinker and Talker re-drawn at unit scale and
+    stop ids unreachable (`helpers.sharpen_checkpoint`), for whole-turn comparisons."""
+    from helpers import sharpen_checkpoint
+
+    return sharpen_checkpoint(tiny_ckpt, tmp_path_factory.mktemp("omni") / "sharp", prefixes=("thinker.", "talker."))
+
+
+@pytest.fixture(scope="session")
+def omni(sharp):
+    """One speaking `Omni` (fp32) on `sharp`, shared by the turn tests (it is made for sharing)."""
+    from helpers import OMNI_ENGINE
+    from omni_runtime.omni import Omni
+
+    return Omni.from_checkpoint(sharp[0], dtype="fp32", engine_kwargs=OMNI_ENGINE, talker_engine_kwargs=OMNI_ENGINE)
+
+
+@pytest.fixture(scope="session")
 def hf():
     """transformers, imported once (the runtime itself never imports it)."""
     transformers = pytest.importorskip("transformers")

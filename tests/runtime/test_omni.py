@@ -14,27 +14,15 @@ import json
 import pytest
 import torch
 
-from helpers import keep_talker_attention_mask, sharpen_checkpoint
+from helpers import OMNI_ENGINE as ENGINE, keep_talker_attention_mask
 from omni_runtime.engine.sampling import SamplingParams
 from omni_runtime.engine.sequence import TokenEvent
 from omni_runtime.omni import AudioEvent, Omni, TurnResult
 
 transformers = pytest.importorskip("transformers")
 
-ENGINE = dict(max_model_len=512, num_blocks=96, block_size=16)
 TOKENS, CODES = 10, 40
 PROMPT = "Hello world, are you a helpful assistant?"
-
-
-@pytest.fixture(scope="module")
-def sharp(tiny_ckpt, tmp_path_factory):
-    return sharpen_checkpoint(tiny_ckpt, tmp_path_factory.mktemp("omni") / "sharp", prefixes=("thinker.", "talker."))
-
-
-@pytest.fixture(scope="module")
-def omni(sharp):
-    path, _ = sharp
-    return Omni.from_checkpoint(path, dtype="fp32", engine_kwargs=ENGINE, talker_engine_kwargs=ENGINE)
 
 
 def _params(omni, stops):
