@@ -9,6 +9,14 @@ from omni_runtime.bench.peer import keep_talker_attention_mask  # noqa: F401 (re
 OMNI_ENGINE = dict(max_model_len=512, num_blocks=96, block_size=16)
 
 
+def assert_same_turn(a, b) -> None:
+    """Two turns (`TurnResult`s) with the same text and codes and the same audio up to fp32
+    rounding: their chunks may have been decoded in different batches (token2wav.batching)."""
+    assert a.text == b.text and a.token_ids == b.token_ids and a.codes == b.codes
+    assert a.waveform.shape == b.waveform.shape
+    torch.testing.assert_close(a.waveform, b.waveform, rtol=0, atol=1e-5)
+
+
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """||a - e|| / ||e|| in fp64: the one error measure every kernel test states its bounds in."""
     expected = expected.double()

@@ -59,19 +59,20 @@ def test_captured_once_per_shape(ckpt, monkeypatch):
     capture = graphs._StaticRunner.capture
 
     def spy(runner, pool):
-        captured.append((type(runner).__name__, runner.frames))
+        captured.append((type(runner).__name__, runner.frames, runner.batch))
         pools.add(id(pool))
         capture(runner, pool)
 
     monkeypatch.setattr(graphs._StaticRunner, "capture", spy)
     t2w = Token2Wav.from_checkpoint(ckpt, device="cuda")
     stream_all(t2w, codes_for(t2w, 80))
-    assert captured == [("SolveRunner", 144), ("SolveRunner", 120), ("SolveRunner", 48),
-                        ("VocoderRunner", 130), ("VocoderRunner", 120), ("VocoderRunner", 48)]
+    buckets = sorted(graphs.BATCH_SIZES, reverse=True)
+    solves = [("SolveRunner", f, b) for f in (144, 120, 48) for b in buckets]
+    assert captured == solves + [("VocoderRunner", f, b) for f in (130, 120, 48) for b in buckets]
     stream_all(t2w, codes_for(t2w, 60, seed=1))
-    assert len(captured) == 6
+    assert len(captured) == 6 * len(buckets)
     t2w.stream("Chelsie", num_steps=4)  # another schedule: new DiT solves, the same vocoder windows
-    assert captured[6:] == [("SolveRunner", 144), ("SolveRunner", 120), ("SolveRunner", 48)]
+    assert captured[6 * len(buckets):] == solves
     assert len(pools) == 1
 
 

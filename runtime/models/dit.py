@@ -192,17 +192,20 @@ class DiT(nn.Module):
         return self.input_embed.spk_encoder(torch.cat([ref_mel, torch.zeros_like(ref_mel)], dim=0))
 
     def condition(self, codes: torch.Tensor, speaker_vec: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """codes (n,) int64, speaker_vec (B, enc_dim), cond (B, enc_emb_dim) -> (B, n * repeats,
-        hidden): proj's bias plus its speaker, code and cond columns. B = 2 is CFG: row 1 is the
-        unconditioned half (code 0 everywhere, zero speaker vector and cond passed in)."""
+        """codes (n,) or (N, n) int64 (N streams' windows of one length), speaker_vec (N * R,
+        enc_dim), cond (N * R, enc_emb_dim) -> (N * R, n * repeats, hidden): proj's bias plus its
+        speaker, code and cond columns. R = 2 is CFG: each stream's second row is the unconditioned
+        half (code 0 everywhere, zero speaker vector and cond passed in); R = 1 is no CFG."""
         _, w_spk, w_code, w_cond = self.input_embed.weight_parts()
         table = self.text_embed.codec_embed.weight
-        code_rows = F.embedding(codes, table) @ w_code.t()  # (n, hidden)
-        per_frame = code_rows.unsqueeze(0)
-        if speaker_vec.shape[0] == 2:
-            per_frame = torch.stack([code_rows, (table[0] @ w_code.t()).expand_as(code_rows)])
+        codes = codes.reshape(-1, codes.shape[-1])
+        n_streams, rows = codes.shape[0], speaker_vec.shape[0] // codes.shape[0]
+        per_frame = F.embedding(codes, table) @ w_code.t()  # (N, n, hidden)
+        if rows == 2:
+            null = (table[0] @ w_code.t()).expand_as(per_frame)
+            per_frame = torch.stack([per_frame, null], dim=1).flatten(0, 1)
         per_frame = per_frame.repeat_interleave(self.repeats, dim=1)
-        constant = self.input_embed.proj.bias + speaker_vec @ w_spk.t() + cond @ w_cond.t()  # (B, hidden)
+        constant = self.input_embed.proj.bias + speaker_vec @ w_spk.t() + cond @ w_cond.t()  # (N * R, hidden)
         return per_frame + constant.unsqueeze(1)
 
     def modulation(self, times: torch.Tensor) -> Modulation:
@@ -216,10 +219,13 @@ class DiT(nn.Module):
 
     # ---- one evaluation ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor, condition: torch.Tensor, modulation: Modulation, step: int) -> torch.Tensor:
-        """x (1, L, mel_dim), condition (B, L, hidden) from `condition`, the AdaLN parameters of
-        evaluation `step` -> velocity (B, L, mel_dim)."""
+        """x (N, L, mel_dim), condition (N * R, L, hidden) from `condition`, the AdaLN parameters of
+        evaluation `step` -> velocity (N * R, L, mel_dim): each stream's state feeds its R rows."""
         w_x = self.input_embed.weight_parts()[0]
-        h = condition + x @ w_x.t()
+        state = x @ w_x.t()
+        if state.shape[0] != condition.shape[0]:
+            state = state.repeat_interleave(condition.shape[0] // state.shape[0], dim=0)
+        h = condition + state
         mods = modulation.layers[step]
         for i, block in enumerate(self.transformer_blocks):
             h = block(h, mods[i])

@@ -16,7 +16,6 @@ decodes all codes at once at the end, which is what transformers' `generate` ret
 """
 from __future__ import annotations
 
-import concurrent.futures
 import threading
 from typing import Optional
 
@@ -27,6 +26,7 @@ from ..talker import Talker
 from ..thinker.items import PreparedPrompt
 from ..thinker.thinker import Thinker
 from ..token2wav import Token2Wav
+from ..token2wav.batching import StreamBatcher
 from .aio import OmniStream
 from .turn import Turn
 
@@ -46,16 +46,17 @@ class Omni:
         self.thinker, self.talker, self.token2wav = thinker, talker, token2wav
         if token2wav is not None:
             token2wav.vocoder.receptive_field_frames()  # computed once now, not in a turn
-        self._codec_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._pool_lock = threading.Lock()
+        self._codec: Optional[StreamBatcher] = None
+        self._codec_lock = threading.Lock()
 
-    def codec_pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The one thread that runs every Token2Wav decode of this Omni (all turns' chunks, in the
-        order they are submitted), so the Thinker and Talker steps go on while speech is decoded."""
-        with self._pool_lock:
-            if self._codec_pool is None:
-                self._codec_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="omni-token2wav")
-            return self._codec_pool
+    def codec(self) -> StreamBatcher:
+        """The one thread that runs every Token2Wav decode of this Omni: all turns' chunks, those
+        ready together decoded in one batch (`token2wav.batching`), so the Thinker and Talker steps
+        go on while speech is decoded."""
+        with self._codec_lock:
+            if self._codec is None:
+                self._codec = StreamBatcher(self.token2wav)
+            return self._codec
 
     @classmethod
     def from_checkpoint(cls, path=None, device="cpu", dtype=None, progress=None, *, speech: Optional[bool] = None,

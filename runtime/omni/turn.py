@@ -4,15 +4,14 @@ chunks interleave, and every text token and audio packet is yielded the moment i
 The loop: hand out the Thinker's new tokens (each also tells the Talker's inputs the reply so
 far); start the Talker once its prompt is ready; pass new codes to the Token2Wav stream (codes the
 codec's table cannot take are dropped and counted -- they never reach the DiT, where transformers
-raises an IndexError), which decodes on the Omni's codec thread while this loop goes on; hand out
-the packets it has finished, in order; then run one step of each engine that has work. Both engines are shared:
+raises an IndexError), which the Omni's codec thread (`token2wav.batching.StreamBatcher`) decodes
+while this loop goes on, in batches with the other turns' chunks; hand out the packets it has
+finished, in order; then run one step of each engine that has work. Both engines are shared:
 other turns' steps batch with this one, and a step another consumer runs delivers this turn's
 events too (`Engine.try_step`). Leaving the iterator early aborts both requests at once.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import threading
 import time
 
@@ -24,47 +23,7 @@ from .events import AudioEvent, TurnResult
 __all__ = ["Turn"]
 
 _IDLE_S = 0.005  # nothing could run: wait at most this long for another driver's step to end
-
-
-class _Decoder:
-    """This turn's Token2Wav stream, decoded on the Omni's codec thread so that the Thinker and
-    Talker keep stepping meanwhile: pushes run in order, each push's packets come back when it is
-    done. The stream is made by the first push (the first text token waits for nothing)."""
-
-    def __init__(self, omni, speaker, seed: int):
-        self.omni, self.speaker, self.seed = omni, speaker, seed
-        self.stream = None
-        self.pending: collections.deque = collections.deque()
-
-    def _push(self, codes):
-        if self.stream is None:
-            self.stream = self.omni.token2wav.stream(self.speaker, seed=self.seed)
-        return self.stream.push(codes)
-
-    def _finish(self):
-        return [] if self.stream is None else self.stream.finish()
-
-    def push(self, codes) -> None:
-        self.pending.append(self.omni.codec_pool().submit(self._push, codes))
-
-    def ready(self) -> list:
-        out = []
-        while self.pending and self.pending[0].done():
-            out += self.pending.popleft().result()
-        return out
-
-    def wait(self, timeout: float) -> None:
-        concurrent.futures.wait([self.pending[0]], timeout=timeout)
-
-    def finish(self):
-        """The remaining packets, in order, as each push completes (then the stream's last)."""
-        self.pending.append(self.omni.codec_pool().submit(self._finish))
-        while self.pending:
-            yield from self.pending.popleft().result()
-
-    def cancel(self) -> None:
-        for f in self.pending:
-            f.cancel()
+_FINISH_POLL_S = 0.05  # waiting for the last packets: how often a cancel is noticed
 
 
 class Turn:
@@ -74,7 +33,7 @@ class Turn:
         self.seed, self.noise, self.streamed = seed, noise, streamed
         self.codes: list[int] = []
         self.dropped = 0
-        self.timings: dict = {"dit_ms": [], "vocoder_ms": [], "code_t": []}
+        self.timings: dict = {"dit_ms": [], "vocoder_ms": [], "codec_batch": [], "code_t": []}
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
@@ -94,7 +53,7 @@ class Turn:
         th_seq = th.engine.add_request(**self.prepared.request(), params=self.params, detokenizer=th._detokenizer(),
                                        sink=inputs.sink if speak else None)
         ta_seq = None
-        decoder = _Decoder(omni, self.speaker, self.seed) if speak and self.streamed else None
+        decoder = omni.codec().open(self.speaker, seed=self.seed) if speak and self.streamed else None
         num_codes_max = omni.token2wav.num_codes if speak else 0
         stops = set(omni.talker.stop_codes) if speak else set()
         pieces = []
@@ -130,7 +89,7 @@ class Turn:
                 if ta_seq is not None and not ta_seq.finished:
                     ran = omni.talker.engine.try_step() or ran
                 if not ran and not th_seq.events and not (ta_seq is not None and ta_seq.events):
-                    if decoder is not None and decoder.pending:
+                    if decoder is not None and decoder.busy:
                         decoder.wait(_IDLE_S)  # nothing to step: a packet is what comes next
                     else:  # another consumer drives (or everything waits for it): sleep until a step ends
                         busy = th.engine if not th_seq.finished else omni.talker.engine
@@ -140,9 +99,16 @@ class Turn:
             self.timings["codes_done"] = time.perf_counter() - t0
             waveform = None
             if decoder is not None:
-                for packet in decoder.finish():
-                    pieces.append(packet.samples)
-                    yield self._audio_event(packet, t0)
+                decoder.finish()
+                while True:
+                    for packet in decoder.ready():  # (raises the stream's error, if it failed)
+                        pieces.append(packet.samples)
+                        yield self._audio_event(packet, t0)
+                    if decoder.done and not decoder.has_packets:
+                        break
+                    if self._cancelled.is_set():
+                        return
+                    decoder.wait(_FINISH_POLL_S)
                 waveform = torch.cat(pieces) if pieces else torch.zeros(0)
             elif speak:
                 waveform = self._decode_all(t0)
@@ -174,6 +140,7 @@ class Turn:
         self.timings.setdefault("first_audio", ev.t - t0)
         self.timings["dit_ms"].append(packet.dit_ms)
         self.timings["vocoder_ms"].append(packet.vocoder_ms)
+        self.timings["codec_batch"].append(packet.batch)
         return ev
 
     def _decode_all(self, t0) -> torch.Tensor:
@@ -183,8 +150,8 @@ class Turn:
         noise = self.noise
         if callable(noise):
             noise = noise(len(self.codes) * self.omni.token2wav.config.dit_config.repeats)
-        wav = self.omni.codec_pool().submit(self.omni.token2wav, self.codes, self.speaker, noise=noise,
-                                            seed=self.seed).result()
+        wav = self.omni.codec().call(self.omni.token2wav, self.codes, self.speaker, noise=noise,
+                                     seed=self.seed).result()
         self.timings["token2wav_ms"] = 1000 * (time.perf_counter() - t)
         self.timings.setdefault("first_audio", time.perf_counter() - t0)
         return wav

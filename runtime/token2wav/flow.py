@@ -151,7 +151,9 @@ class FlowSampler:
         return vectors[:1], cond
 
     def sample(self, codes: torch.Tensor, speaker_condition, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
-        """codes (n,) int64, noise (1, n * repeats, mel_dim) -> mel (1, n * repeats, mel_dim)."""
+        """codes (n,) int64, noise (1, n * repeats, mel_dim) -> mel (1, n * repeats, mel_dim); or N
+        streams' windows of one length at once: codes (N, n), speaker_condition the N streams' rows
+        concatenated, noise (N, n * repeats, mel_dim) -> (N, n * repeats, mel_dim)."""
         return self.solve(codes, speaker_condition, noise, schedule, *self.grid_and_modulation(schedule))
 
     def solve(self, codes: torch.Tensor, speaker_condition, noise: torch.Tensor, schedule: Schedule,
@@ -165,7 +167,8 @@ class FlowSampler:
             v = self.dit(x, condition, modulation, step)
             if not schedule.cfg:
                 return v
-            guided, null = v[:1], v[1:]
+            pairs = v.view(x.shape[0], 2, *v.shape[1:])  # each stream's (conditioned, unconditioned)
+            guided, null = pairs[:, 0], pairs[:, 1]
             return guided + (guided - null) * scale
 
         return rk4_integrate(velocity, noise, grid)

@@ -3,8 +3,9 @@ vocoder run of its mel window, captured as CUDA graphs on CUDA.
 
 What is captured. `SolveRunner`: the whole solve of a window of W mel frames under one Schedule --
 the DiT condition (code, speaker and cond columns of its input projection) and the 4 (num_steps - 1)
-DiT evaluations of the RK4 solve with classifier-free guidance; its batch bucket is the DiT batch,
-2 with CFG, 1 without. `VocoderRunner`: BigVGAN over a mel window of F frames. The shapes are a
+DiT evaluations of the RK4 solve with classifier-free guidance, for B streams' windows at once (B a
+batch bucket, `BATCH_SIZES`: the DiT batch is 2B with CFG, B without; fewer streams fill the first
+rows). `VocoderRunner`: BigVGAN over B mel windows of F frames. The shapes are a
 stream plan's regular chunks (`Token2WavStream.regular_shapes`: the first chunk, those whose left
 context is still clipped, the steady state -- 48, 120, 144 DiT frames and 48, 120, 130 vocoder
 frames for the default plan); they are made when the first stream with that plan and schedule
@@ -34,9 +35,11 @@ import torch
 from ..models.bigvgan import BigVGAN
 from .flow import FlowSampler, Schedule
 
-__all__ = ["SolveRunner", "VocoderRunner", "Token2WavGraphs", "graphs_enabled"]
+__all__ = ["SolveRunner", "VocoderRunner", "Token2WavGraphs", "graphs_enabled", "BATCH_SIZES"]
 
 _WARMUP_RUNS = 2
+# Batch buckets of the captured solves and vocoder runs: chunks of up to 8 streams decode at once.
+BATCH_SIZES = (1, 2, 4, 8)
 
 
 def graphs_enabled(graphs, device: torch.device) -> bool:
@@ -88,21 +91,23 @@ class _StaticRunner:
 
 
 class SolveRunner(_StaticRunner):
-    """The flow solve of a window of `frames` mel frames (frames / repeats codes) under `schedule`."""
+    """The flow solve of `batch` windows of `frames` mel frames (frames / repeats codes each) under
+    `schedule`."""
 
-    def __init__(self, sampler: FlowSampler, schedule: Schedule, frames: int):
+    def __init__(self, sampler: FlowSampler, schedule: Schedule, frames: int, batch: int = 1):
         dit = sampler.dit
         cfg, dev = dit.config, dit.device
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1 or frames % cfg.repeats:
             raise ValueError(f"frames must be a positive multiple of repeats ({cfg.repeats}), got {frames!r}")
-        self.schedule, self.frames = schedule, frames
+        _check_batch(batch)
+        self.schedule, self.frames, self.batch = schedule, frames, batch
         self.rows = 2 if schedule.cfg else 1
         with torch.inference_mode():
             grid, modulation = sampler.grid_and_modulation(schedule)
-        buffers = dict(codes=torch.zeros(frames // cfg.repeats, dtype=torch.int64, device=dev),
-                       speaker=torch.zeros(self.rows, cfg.enc_dim, device=dev),
-                       cond=torch.zeros(self.rows, cfg.enc_emb_dim, device=dev),
-                       noise=torch.zeros(1, frames, cfg.mel_dim, device=dev))
+        buffers = dict(codes=torch.zeros(batch, frames // cfg.repeats, dtype=torch.int64, device=dev),
+                       speaker=torch.zeros(batch * self.rows, cfg.enc_dim, device=dev),
+                       cond=torch.zeros(batch * self.rows, cfg.enc_emb_dim, device=dev),
+                       noise=torch.zeros(batch, frames, cfg.mel_dim, device=dev))
         b = buffers
 
         def solve() -> torch.Tensor:
@@ -111,56 +116,91 @@ class SolveRunner(_StaticRunner):
         super().__init__(solve, buffers)
 
     def replay(self, codes: torch.Tensor, speaker_condition, noise: torch.Tensor) -> torch.Tensor:
-        """`FlowSampler.sample(codes, speaker_condition, noise, schedule)`, over the buffers."""
+        """`FlowSampler.sample(codes, speaker_condition, noise, schedule)` over the buffers; fewer
+        streams than `batch` fill the first rows (the rest compute on zeros, discarded)."""
         speaker, cond = speaker_condition
-        return self._run(codes=codes, speaker=speaker, cond=cond, noise=noise)
+        if isinstance(codes, torch.Tensor) and codes.dim() == 1:
+            codes = codes[None]  # one stream's window, as `FlowSampler.sample` takes it
+        n = codes.shape[0] if isinstance(codes, torch.Tensor) else 0
+        if n == self.batch or not 1 <= n <= self.batch:  # (a bad n: `_run` names the bad input)
+            return self._run(codes=codes, speaker=speaker, cond=cond, noise=noise)
+        return self._run(codes=_pad(codes, self.batch), speaker=_pad(speaker, self.batch * self.rows),
+                         cond=_pad(cond, self.batch * self.rows), noise=_pad(noise, self.batch))[:n]
 
 
 class VocoderRunner(_StaticRunner):
-    """BigVGAN over a mel window of `frames` frames, batch 1. The buffer is time-major (1, frames,
+    """BigVGAN over `batch` mel windows of `frames` frames. The buffer is time-major (batch, frames,
     mel_dim), read transposed: the layout of the mel a stream builds."""
 
-    def __init__(self, vocoder: BigVGAN, frames: int):
+    def __init__(self, vocoder: BigVGAN, frames: int, batch: int = 1):
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
             raise ValueError(f"frames must be a positive int, got {frames!r}")
-        self.frames = frames
+        _check_batch(batch)
+        self.frames, self.batch = frames, batch
         weight = vocoder.conv_pre.weight
-        mel = torch.zeros(1, frames, vocoder.config.mel_dim, device=weight.device)
+        mel = torch.zeros(batch, frames, vocoder.config.mel_dim, device=weight.device)
         super().__init__(lambda: vocoder.synthesize(mel.transpose(1, 2)), dict(mel=mel))
 
     def replay(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel (1, mel_dim, frames) -> `BigVGAN.forward(mel)` (1, frames * hop_length), over the buffer."""
-        want = (1, self.buffers["mel"].shape[2], self.frames)
-        if not isinstance(mel, torch.Tensor) or tuple(mel.shape) != want:
+        """mel (n <= batch, mel_dim, frames) -> `BigVGAN.forward(mel)` (n, frames * hop_length)."""
+        mel_dim = self.buffers["mel"].shape[2]
+        if (not isinstance(mel, torch.Tensor) or mel.dim() != 3 or not 1 <= mel.shape[0] <= self.batch
+                or tuple(mel.shape[1:]) != (mel_dim, self.frames)):
             got = tuple(mel.shape) if isinstance(mel, torch.Tensor) else type(mel).__name__
-            raise ValueError(f"mel must be a tensor of shape {want} (1, mel_dim, frames), got {got}")
-        return self._run(mel=mel.transpose(1, 2))
+            raise ValueError(f"mel must be a tensor of shape (n <= {self.batch}, {mel_dim}, {self.frames}) "
+                             f"(streams, mel_dim, frames), got {got}")
+        n = mel.shape[0]
+        return self._run(mel=_pad(mel.transpose(1, 2), self.batch))[:n]
+
+
+def _check_batch(batch) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+
+
+def _pad(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t with zero rows appended up to `rows` rows."""
+    if t.shape[0] == rows:
+        return t
+    return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
 
 
 class Token2WavGraphs:
-    """The runners of one Token2Wav, by shape: captured (`capture=True`, CUDA) or eager over their
-    buffers. `solve` / `vocode` take what `FlowSampler.sample` / `BigVGAN.forward` take and use a
-    runner where one has the shape, else the plain call. Thread-safe."""
+    """The runners of one Token2Wav, by shape and batch bucket: captured (`capture=True`, CUDA) or
+    eager over their buffers. `solve` / `vocode` take what `FlowSampler.sample` / `BigVGAN.forward`
+    take (N streams' windows of one shape at once, N up to `max_batch`) and use the runner of the
+    smallest bucket that holds N where one has the shape, else the plain call. Thread-safe."""
 
-    def __init__(self, sampler: FlowSampler, vocoder: BigVGAN, capture: bool):
+    def __init__(self, sampler: FlowSampler, vocoder: BigVGAN, capture: bool, batch_sizes=BATCH_SIZES):
         if capture and sampler.dit.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, the model is on {sampler.dit.device}")
+        sizes = tuple(batch_sizes)
+        if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+            raise ValueError(f"batch_sizes must be positive ints, got {batch_sizes!r}")
         self.sampler, self.vocoder, self.capture = sampler, vocoder, capture
-        self.solvers: dict[tuple[Schedule, int], SolveRunner] = {}
-        self.vocoders: dict[int, VocoderRunner] = {}
+        self.batch_sizes = tuple(sorted(set(sizes)))
+        self.solvers: dict[tuple[Schedule, int, int], SolveRunner] = {}
+        self.vocoders: dict[tuple[int, int], VocoderRunner] = {}
         self.pool = None
         self._lock = threading.Lock()
         # recorded after each replay's work, on whichever stream it ran (waiting before a record is a no-op)
         self._done = torch.cuda.Event() if capture else None
 
+    @property
+    def max_batch(self) -> int:
+        return self.batch_sizes[-1]
+
     def prepare(self, schedule: Schedule, solve_frames, vocoder_frames) -> None:
-        """Make (and with `capture`, capture) the runners of these shapes that do not exist yet,
-        largest first."""
+        """Make (and with `capture`, capture) the runners of these shapes, every batch bucket, that
+        do not exist yet, largest first."""
         with self._lock:
-            solvers = {(schedule, f): SolveRunner(self.sampler, schedule, f)
-                       for f in sorted(set(solve_frames), reverse=True) if (schedule, f) not in self.solvers}
-            vocoders = {f: VocoderRunner(self.vocoder, f)
-                        for f in sorted(set(vocoder_frames), reverse=True) if f not in self.vocoders}
+            sizes = sorted(self.batch_sizes, reverse=True)
+            solvers = {(schedule, f, b): SolveRunner(self.sampler, schedule, f, b)
+                       for f in sorted(set(solve_frames), reverse=True) for b in sizes
+                       if (schedule, f, b) not in self.solvers}
+            vocoders = {(f, b): VocoderRunner(self.vocoder, f, b)
+                        for f in sorted(set(vocoder_frames), reverse=True) for b in sizes
+                        if (f, b) not in self.vocoders}
             if self.capture and (solvers or vocoders):
                 self._wait()
                 if self.pool is None:
@@ -172,14 +212,17 @@ class Token2WavGraphs:
             self.solvers.update(solvers)
             self.vocoders.update(vocoders)
 
+    def _bucket(self, n: int) -> Optional[int]:
+        return next((b for b in self.batch_sizes if b >= n), None)
+
     def solve(self, codes: torch.Tensor, speaker_condition, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
-        runner = self.solvers.get((schedule, noise.shape[1]))
+        runner = self.solvers.get((schedule, noise.shape[1], self._bucket(noise.shape[0])))
         if runner is None:
             return self.sampler.sample(codes, speaker_condition, noise, schedule)
         return self._replay(runner.replay, codes, speaker_condition, noise)
 
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:
-        runner = self.vocoders.get(mel.shape[2]) if mel.dim() == 3 and mel.shape[0] == 1 else None
+        runner = self.vocoders.get((mel.shape[2], self._bucket(mel.shape[0]))) if mel.dim() == 3 else None
         if runner is None:
             return self.vocoder(mel)
         return self._replay(runner.replay, mel)

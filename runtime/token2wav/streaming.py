@@ -47,7 +47,7 @@ import torch
 from ..io.speakers import Speaker
 from .flow import Schedule, initial_noise
 
-__all__ = ["StreamPlan", "Packet", "Token2WavStream"]
+__all__ = ["StreamPlan", "Packet", "Chunk", "Token2WavStream"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ class StreamPlan:
 @dataclass
 class Packet:
     """PCM for the codes [codes[0], codes[1]): `samples` (1-D float32, CPU) start at `start_sample`
-    of the whole waveform. dit_ms / vocoder_ms: the compute this packet took."""
+    of the whole waveform. dit_ms / vocoder_ms: the compute this packet took; batch: how many
+    streams' chunks that compute decoded at once (this one's included)."""
 
     index: int
     samples: torch.Tensor
@@ -87,6 +88,26 @@ class Packet:
     depends_on: tuple[int, int]
     dit_ms: float
     vocoder_ms: float
+    batch: int = 1
+
+
+@dataclass(eq=False)
+class Chunk:
+    """A chunk handed out by `Token2WavStream.next_chunk`: mel frames [start, end) of `stream`,
+    solved over the DiT window [window_start, window_end) from `codes` (that window's codes) and
+    `noise` (1, window frames, mel_dim). The vocoder step fills in the rest."""
+
+    stream: "Token2WavStream"
+    index: int
+    start: int
+    end: int
+    window_start: int
+    window_end: int
+    codes: torch.Tensor
+    noise: torch.Tensor
+    final: Optional[torch.Tensor] = None
+    provisional: Optional[torch.Tensor] = None
+    left_frames: int = 0
 
 
 def _fade_in(n: int) -> torch.Tensor:
@@ -119,15 +140,17 @@ class Token2WavStream:
             t2w.sampler.grid_and_modulation(schedule)
         # The DiT solve and the vocoder: plain calls, or `graphs.Token2WavGraphs` (static buffers,
         # CUDA graphs), whose runners for this plan's chunk shapes are made (captured) now.
-        self._sample, self._vocode = t2w.sampler.sample, t2w.vocoder
+        self.sample, self.vocode = t2w.sampler.sample, t2w.vocoder
+        self.runners = runners
         if runners is not None:
             runners.prepare(schedule, *self.regular_shapes())
-            self._sample, self._vocode = runners.solve, runners.vocode
+            self.sample, self.vocode = runners.solve, runners.vocode
         self._codes = torch.empty(0, dtype=torch.int64, device=t2w.device)
         self._chunk = 0  # the next chunk to decode
         self._mel = torch.empty(1, 0, t2w.mel_dim, device=t2w.device)  # final mel before the next chunk
         self._tail = None  # samples vocoded past the last packet, for the cross-fade
         self._finished = False
+        self._pending = False  # a chunk is handed out and its packet not made yet
 
     # ---- the chunk grid (mel frames) ------------------------------------------------------------
     def _end(self, k: int) -> int:
@@ -172,60 +195,100 @@ class Token2WavStream:
     def push(self, codes) -> list[Packet]:
         """Append codes (list / 1-D tensor, possibly empty); returns the packets now complete. Bad
         codes raise ValueError and leave the stream as it was."""
-        if self._finished:
-            raise ValueError("push after finish(): this stream is closed")
-        new = self.t2w.check_codes(codes, allow_empty=True)
-        self._codes = torch.cat([self._codes, new])
-        out = []
-        frames = self._codes.numel() * self.t2w.repeats
-        right = self.plan.right_blocks * self.t2w.block_size
-        while self._end(self._chunk) + right <= frames:
-            end = self._end(self._chunk)
-            out.append(self._decode(self._start(self._chunk), end, end + right))
-        return out
+        self.add_codes(codes)
+        return self._decode_ready(finishing=False)
 
     def finish(self) -> list[Packet]:
         """The rest, as one packet whose window ends at the last code; no packet for an empty
         stream. Later calls return []."""
-        if self._finished:
-            return []
-        self._finished = True
-        frames = self._codes.numel() * self.t2w.repeats
-        start = self._start(self._chunk)
-        return [self._decode(start, frames, frames)] if frames > start else []
+        return self._decode_ready(finishing=True)
 
-    # ---- one chunk ----------------------------------------------------------------------------
-    def _decode(self, start: int, end: int, window_end: int) -> Packet:
-        t2w, plan, r = self.t2w, self.plan, self.t2w.repeats
-        k = self._chunk
-        window_start = self._window_start(k)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            noise = initial_noise(self.seed, window_start, window_end - window_start, t2w.mel_dim,
-                                  t2w.block_size).to(t2w.device)
-            window = self._sample(self._codes[window_start // r:window_end // r], self._speaker, noise,
-                                  self.schedule)
-            t1 = time.perf_counter()
-            final = window[:, start - window_start:end - window_start]
-            provisional = window[:, end - window_start:][:, :self._voc_right]
-            left = self._mel[:, self._mel.shape[1] - min(self._voc_left, self._mel.shape[1]):]
-            wave = self._vocode(torch.cat([left, final, provisional], dim=1).transpose(1, 2))[0].float().cpu()
-        hop = t2w.hop_length
-        keep = end - start + min(plan.crossfade, provisional.shape[1])
-        wave = wave[left.shape[1] * hop:(left.shape[1] + keep) * hop]
+    def add_codes(self, codes) -> None:
+        """Append codes without decoding (`next_chunk` then says what is ready)."""
+        if self._finished:
+            raise ValueError("push after finish(): this stream is closed")
+        self._codes = torch.cat([self._codes, self.t2w.check_codes(codes, allow_empty=True)])
+
+    def _decode_ready(self, finishing: bool) -> list[Packet]:
+        out = []
+        while (chunk := self.next_chunk(finishing)) is not None:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                window = self.sample(chunk.codes[None], self._speaker, chunk.noise, self.schedule)
+                t1 = time.perf_counter()
+                wave = self.vocode(self.vocoder_input(chunk, window))
+            out.append(self.packet(chunk, wave[0], dit_ms=(t1 - t0) * 1e3, vocoder_ms=(time.perf_counter() - t1) * 1e3))
+        return out
+
+    # ---- one chunk, in three steps: its DiT window, its vocoder window, its packet ------------------
+    # (`batch.decode_chunks` runs the first two for chunks of several streams at once)
+    @property
+    def speaker_condition(self):
+        return self._speaker
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def pending(self) -> bool:
+        """A chunk is handed out (`next_chunk`) and its packet not made yet."""
+        return self._pending
+
+    def next_chunk(self, finishing: bool = False) -> Optional[Chunk]:
+        """The next chunk whose codes and look-ahead exist (with `finishing`: else the last one,
+        over the codes left; then the stream is finished), or None. Chunks come in order; the next
+        is only handed out after `packet` completed this one."""
+        if self._finished or self._pending:
+            return None
+        frames = self._codes.numel() * self.t2w.repeats
+        right = self.plan.right_blocks * self.t2w.block_size
+        start, end = self._start(self._chunk), self._end(self._chunk)
+        if end + right <= frames:
+            window_end = end + right
+        elif finishing:
+            self._finished = True
+            if frames <= start:
+                return None
+            end = window_end = frames
+        else:
+            return None
+        r, window_start = self.t2w.repeats, self._window_start(self._chunk)
+        noise = initial_noise(self.seed, window_start, window_end - window_start, self.t2w.mel_dim,
+                              self.t2w.block_size).to(self.t2w.device)
+        self._pending = True
+        return Chunk(self, self._chunk, start, end, window_start, window_end,
+                     self._codes[window_start // r:window_end // r], noise)
+
+    def vocoder_input(self, chunk: Chunk, window: torch.Tensor) -> torch.Tensor:
+        """The chunk's DiT window (1, frames, mel_dim) -> the mel its vocoder run reads (1, mel_dim,
+        F): the last final frames before it, its final frames, its provisional frames."""
+        chunk.final = window[:, chunk.start - chunk.window_start:chunk.end - chunk.window_start]
+        chunk.provisional = window[:, chunk.end - chunk.window_start:][:, :self._voc_right]
+        left = self._mel[:, self._mel.shape[1] - min(self._voc_left, self._mel.shape[1]):]
+        chunk.left_frames = left.shape[1]
+        return torch.cat([left, chunk.final, chunk.provisional], dim=1).transpose(1, 2)
+
+    def packet(self, chunk: Chunk, wave: torch.Tensor, dit_ms: float, vocoder_ms: float, batch: int = 1) -> Packet:
+        """The chunk's vocoder output (samples,) -> its packet (cross-faded into the last one's tail)."""
+        k, plan, r, hop = chunk.index, self.plan, self.t2w.repeats, self.t2w.hop_length
+        start, end = chunk.start, chunk.end
+        wave = wave.float().cpu()
+        keep = end - start + min(plan.crossfade, chunk.provisional.shape[1])
+        wave = wave[chunk.left_frames * hop:(chunk.left_frames + keep) * hop]
         samples, tail = wave[:(end - start) * hop].clone(), wave[(end - start) * hop:]
         if self._tail is not None:
             n = min(self._tail.numel(), samples.numel())
             w = _fade_in(n)
             samples[:n] = self._tail[:n] * (1 - w) + samples[:n] * w
         self._tail = tail if tail.numel() else None
-        self._mel = torch.cat([self._mel, final], dim=1)[:, -self._voc_left:] if self._voc_left else self._mel
-        t2 = time.perf_counter()
+        self._mel = torch.cat([self._mel, chunk.final], dim=1)[:, -self._voc_left:] if self._voc_left else self._mel
         # The earliest code this packet can see: the tail and the left mel came from earlier windows.
-        first_window = window_start if k == 0 else self._window_start(
+        first_window = chunk.window_start if k == 0 else self._window_start(
             self._chunk_of(max(0, self._start(k - 1) - self._voc_left)))
         self._chunk += 1
+        self._pending = False
         # Frame counts here are whole codes: block edges are (block_size % repeats == 0), and so is the end.
         return Packet(index=k, samples=samples, start_sample=start * hop, codes=(start // r, end // r),
-                      depends_on=(first_window // r, window_end // r), dit_ms=(t1 - t0) * 1e3,
-                      vocoder_ms=(t2 - t1) * 1e3)
+                      depends_on=(first_window // r, chunk.window_end // r), dit_ms=dit_ms,
+                      vocoder_ms=vocoder_ms, batch=batch)

@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from helpers import assert_same_turn
 from omni_runtime.engine.sampling import SamplingParams
 from omni_runtime.engine.sequence import TokenEvent
 from omni_runtime.omni import AudioEvent, OmniStream, TurnResult
@@ -28,18 +29,13 @@ def _all_free(omni) -> bool:
                for e in (omni.thinker.engine, omni.talker.engine))
 
 
-def _assert_same_turn(a: TurnResult, b: TurnResult):
-    assert a.text == b.text and a.token_ids == b.token_ids and a.codes == b.codes
-    assert torch.equal(a.waveform, b.waveform)
-
-
 def test_stream_equals_generate(omni, sharp, one_thread):
     kw = _kwargs(omni, sharp, 0)
     sync = list(omni.generate(PROMPTS[0], **kw))
     events = asyncio.run(_collect(omni.stream(PROMPTS[0], **kw)))
     assert [type(e) for e in events] == [type(e) for e in sync]
     assert isinstance(events[-1], TurnResult) and any(isinstance(e, AudioEvent) for e in events)
-    _assert_same_turn(events[-1], sync[-1])
+    assert_same_turn(events[-1], sync[-1])
     stamps = [e.t for e in events[:-1]]
     assert all(isinstance(e, (TokenEvent, AudioEvent)) for e in events[:-1])
     assert stamps == sorted(stamps)  # delivered in the order they became ready
@@ -54,7 +50,7 @@ def test_concurrent_streams_on_one_loop_equal_their_solo_runs(omni, sharp, one_t
                                       for i, p in enumerate(PROMPTS)))
 
     for events, ref in zip(asyncio.run(main()), solo):
-        _assert_same_turn(events[-1], ref)
+        assert_same_turn(events[-1], ref)
     assert _all_free(omni)
 
 
@@ -119,7 +115,7 @@ def test_leaving_a_stream_early_frees_its_requests(omni, sharp, how, one_thread)
     asyncio.run(main())
     assert _all_free(omni)
     # and the Omni serves the next turn as before
-    _assert_same_turn(list(omni.generate(PROMPTS[1], **_kwargs(omni, sharp, 1)))[-1],
+    assert_same_turn(list(omni.generate(PROMPTS[1], **_kwargs(omni, sharp, 1)))[-1],
                       asyncio.run(_collect(omni.stream(PROMPTS[1], **_kwargs(omni, sharp, 1))))[-1])
 
 

@@ -5,7 +5,8 @@ tests/test_gpu_token2wav.py).
 Proved here: the default plan's chunk shapes are 48, 120, 144 DiT frames (first chunk, second,
 steady state) and 48, 120, 130 vocoder frames; a SolveRunner's replay equals
 `FlowSampler.sample` bit for bit for those windows and a final partial one, with CFG (batch 2) and
-without (batch 1); a VocoderRunner's equals `BigVGAN.forward`; replays with other inputs in between
+without (batch 1), and for several streams at once in a batch bucket (padded rows); a
+VocoderRunner's equals `BigVGAN.forward`; replays with other inputs in between
 give the same output again and leave earlier outputs and the inputs alone; a streamed decode
 through the static path equals the plain one packet for packet, and went through the runners (all
 chunks but a last one of another shape); the switch is off on the CPU, `graphs=True` is refused
@@ -15,7 +16,7 @@ import torch
 
 from omni_runtime.token2wav import Schedule, StreamPlan, Token2Wav, initial_noise
 from omni_runtime.token2wav import graphs as graphs_mod
-from omni_runtime.token2wav.graphs import SolveRunner, Token2WavGraphs, VocoderRunner
+from omni_runtime.token2wav.graphs import BATCH_SIZES, SolveRunner, Token2WavGraphs, VocoderRunner
 
 CFG, NO_CFG = Schedule(), Schedule(guidance_scale=0.0)
 SOLVE_FRAMES = [48, 120, 144]  # the default plan's DiT windows
@@ -29,7 +30,7 @@ def t2w(tiny_ckpt):
 
 def solve_inputs(t2w, schedule, frames, seed):
     g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(0, t2w.num_codes, (frames // t2w.repeats,), generator=g)
+    codes = torch.randint(0, t2w.num_codes, (1, frames // t2w.repeats), generator=g)
     ref_mel, cond = t2w.speaker_tensors(("Chelsie", "Ethan")[seed % 2])
     with torch.inference_mode():
         speaker = t2w.sampler.speaker_condition(ref_mel, cond, schedule)
@@ -103,6 +104,56 @@ def test_replays_do_not_leak(one_thread, t2w):
     assert torch.equal(w1, w1_kept) and torch.equal(vocoder.replay(m1), w1)
 
 
+def batch_inputs(t2w, schedule, frames, n):
+    """n streams' solve inputs stacked as `Token2WavGraphs.solve` takes them."""
+    parts = [solve_inputs(t2w, schedule, frames, seed=i) for i in range(n)]
+    return (torch.cat([p[0] for p in parts]), tuple(torch.cat([p[1][j] for p in parts]) for j in range(2)),
+            torch.cat([p[2] for p in parts])), parts
+
+
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_batched_solve_replay(one_thread, t2w, n):
+    """A bucket-4 runner: n streams (the rest of the bucket padded) give exactly the plain call on
+    the padded batch, and each stream what it gets alone up to fp32 rounding (the matmuls' batch
+    differs)."""
+    schedule = Schedule(num_steps=3)
+    runner = SolveRunner(t2w.sampler, schedule, 48, batch=4)
+    stacked, parts = batch_inputs(t2w, schedule, 48, n)
+    out = runner.replay(*stacked)
+    assert out.shape == (n, 48, t2w.mel_dim)
+    padded, _ = batch_inputs(t2w, schedule, 48, n)
+    pad = graphs_mod._pad
+    padded = (pad(padded[0], 4), tuple(pad(x, 4 * runner.rows) for x in padded[1]), pad(padded[2], 4))
+    assert torch.equal(out, plain_solve(t2w, schedule, padded)[:n])
+    for i, p in enumerate(parts):
+        torch.testing.assert_close(out[i:i + 1], plain_solve(t2w, schedule, p), rtol=1e-5, atol=1e-5)
+
+
+def test_batched_vocoder_replay(one_thread, t2w):
+    runner = VocoderRunner(t2w.vocoder, 48, batch=4)
+    mels = [mel_window(t2w, 48, seed=i) for i in range(3)]
+    out = runner.replay(torch.cat(mels))
+    assert out.shape == (3, 48 * t2w.hop_length)
+    padded = torch.cat(mels + [torch.zeros_like(mels[0])])
+    assert torch.equal(out, plain_vocode(t2w, padded)[:3])
+    for i, m in enumerate(mels):
+        torch.testing.assert_close(out[i:i + 1], plain_vocode(t2w, m), rtol=1e-5, atol=1e-5)
+
+
+def test_runners_pick_the_smallest_bucket(one_thread, t2w, monkeypatch):
+    runners = Token2WavGraphs(t2w.sampler, t2w.vocoder, capture=False, batch_sizes=(1, 2, 4))
+    schedule = Schedule(num_steps=2)
+    runners.prepare(schedule, [48], [48])
+    spy = Spy(monkeypatch)
+    for n in (1, 2, 3, 4):
+        stacked, _ = batch_inputs(t2w, schedule, 48, n)
+        assert runners.solve(*stacked, schedule).shape[0] == n
+        assert runners.vocode(torch.cat([mel_window(t2w, 48, seed=i) for i in range(n)])).shape[0] == n
+    assert spy.calls == {"solve": [48, (48, 2), (48, 4), (48, 4)], "vocoder": [48, (48, 2), (48, 4), (48, 4)]}
+    with pytest.raises(ValueError, match="batch_sizes"):
+        Token2WavGraphs(t2w.sampler, t2w.vocoder, capture=False, batch_sizes=(0,))
+
+
 class Spy:
     """Counts the replays of SolveRunner / VocoderRunner while keeping what they do."""
 
@@ -114,7 +165,7 @@ class Spy:
     @staticmethod
     def _wrap(replay, calls):
         def spy(runner, *args):
-            calls.append(runner.frames)
+            calls.append(runner.frames if runner.batch == 1 else (runner.frames, runner.batch))
             return replay(runner, *args)
         return spy
 
@@ -147,8 +198,9 @@ def test_stream_static_equals_plain(one_thread, t2w, monkeypatch, n, pieces, sch
         assert (p.index, p.start_sample, p.codes, p.depends_on) == (q.index, q.start_sample, q.codes, q.depends_on)
         assert torch.equal(p.samples, q.samples), p.index
     runners = t2w.runners(capture=False)
-    assert {f for (s, f) in runners.solvers if s == Schedule(**schedule)} == set(SOLVE_FRAMES)
-    assert set(runners.vocoders) == set(VOCODER_FRAMES)
+    assert {(f, b) for (s, f, b) in runners.solvers if s == Schedule(**schedule)} == {
+        (f, b) for f in SOLVE_FRAMES for b in BATCH_SIZES}
+    assert set(runners.vocoders) == {(f, b) for f in VOCODER_FRAMES for b in BATCH_SIZES}
     assert all(r.graph is None for r in (*runners.solvers.values(), *runners.vocoders.values()))
 
 
@@ -177,7 +229,7 @@ def test_bad_runner_inputs(t2w):
         VocoderRunner(t2w.vocoder, 0)
     runner = SolveRunner(t2w.sampler, Schedule(num_steps=2), 48)
     codes, speaker, noise = solve_inputs(t2w, Schedule(num_steps=2), 48, seed=0)
-    for bad, match in (((codes[:10], speaker, noise), "codes"), ((codes.int(), speaker, noise), "codes"),
+    for bad, match in (((codes[:, :10], speaker, noise), "codes"), ((codes.int(), speaker, noise), "codes"),
                        ((codes, speaker, noise[:, :24]), "noise"), ((codes, speaker, None), "noise"),
                        ((codes, (speaker[0][:1], speaker[1]), noise), "speaker")):
         with pytest.raises(ValueError, match=match):

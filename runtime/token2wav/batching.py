@@ -1,0 +1,245 @@
+"""Many streams, one decoder: chunks of different streams decoded together.
+
+`decode_chunks(chunks)` takes one ready chunk from each of several streams (`Token2WavStream.
+next_chunk`) and runs the DiT solves of the windows that share a shape as one batch (N streams ->
+DiT batch 2N with CFG), then their vocoder runs that share a mel length as one batch; every stream's
+packet comes out as if decoded alone, up to fp32 rounding (the matmuls see another batch). With
+runners (CUDA graphs or the static path) a batch replays the graph of its bucket.
+
+`StreamBatcher` is the one thread that decodes all streams of a Token2Wav: callers `open` a stream,
+`push` codes and `finish` from their own threads without waiting; each round the thread takes the
+next ready chunk of every stream (first chunks first: they set the first-packet latency), decodes
+them with `decode_chunks` and hands each stream its packet. On CUDA it works on a stream of its own,
+so the DiT and vocoder of packet n run while the Thinker and Talker step for packet n + 1. A failure
+in one stream (bad codes, an error in its chunk) is that stream's alone: a batch that raises is
+re-run chunk by chunk, so only the chunk that fails reports it.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+import time
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from .graphs import BATCH_SIZES
+from .streaming import Chunk, Packet
+
+__all__ = ["decode_chunks", "StreamBatcher", "BatchedStream"]
+
+
+def _solve_groups(chunks: list[Chunk]) -> Iterator[list[Chunk]]:
+    """Chunks whose solves can batch (same runners, schedule and window length), at most a batch
+    bucket each, the groups holding the earliest chunk index first."""
+    by_key: dict = {}
+    for c in chunks:
+        by_key.setdefault((id(c.stream.runners), c.stream.schedule, c.noise.shape[1]), []).append(c)
+    for group in sorted(by_key.values(), key=lambda g: min(c.index for c in g)):
+        runners = group[0].stream.runners
+        size = runners.max_batch if runners is not None else BATCH_SIZES[-1]
+        for i in range(0, len(group), size):
+            yield group[i:i + size]
+
+
+def decode_chunks(chunks: list[Chunk]) -> Iterator[list[tuple[Chunk, object]]]:
+    """For one chunk per stream: a list of (chunk, its Packet or the exception it raised) per group
+    decoded together, as each group completes (groups of the lowest chunk index first); see the
+    module docstring."""
+    if len({id(c.stream) for c in chunks}) != len(chunks):
+        raise ValueError("decode_chunks takes at most one chunk per stream (a stream's chunks depend on each other)")
+    for group in _solve_groups(chunks):
+        try:
+            yield _decode_group(group)
+        except Exception:  # noqa: BLE001 -- isolate it: each chunk alone, so only a failing one reports
+            for chunk in group:
+                try:
+                    yield _decode_group([chunk])
+                except Exception as exc:  # noqa: BLE001
+                    yield [(chunk, exc)]
+
+
+def _decode_group(group: list[Chunk]) -> list[tuple[Chunk, Packet]]:
+    """All the compute first, then the packets (which advance the streams): a group that raises
+    leaves every stream as it was, so its chunks can be re-run one by one."""
+    first = group[0].stream
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if len(group) == 1:
+            spk, codes, noise = first.speaker_condition, group[0].codes[None], group[0].noise
+        else:
+            spk = tuple(torch.cat([c.stream.speaker_condition[i] for c in group]) for i in range(2))
+            codes, noise = torch.stack([c.codes for c in group]), torch.cat([c.noise for c in group])
+        windows = first.sample(codes, spk, noise, first.schedule)
+        mels = [c.stream.vocoder_input(c, windows[i:i + 1]) for i, c in enumerate(group)]
+        dit_ms = (time.perf_counter() - t0) * 1e3
+        waves, vocoder_ms = [None] * len(group), [0.0] * len(group)
+        by_length: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            by_length.setdefault(mel.shape[2], []).append(i)
+        for part in by_length.values():
+            t1 = time.perf_counter()
+            out = first.vocode(torch.cat([mels[i] for i in part]) if len(part) > 1 else mels[part[0]])
+            for j, i in enumerate(part):
+                waves[i], vocoder_ms[i] = out[j], (time.perf_counter() - t1) * 1e3
+    return [(c, c.stream.packet(c, waves[i], dit_ms, vocoder_ms[i], batch=len(group))) for i, c in enumerate(group)]
+
+
+class BatchedStream:
+    """A stream decoded by a `StreamBatcher`: `push` / `finish` return at once; `ready()` gives the
+    packets decoded so far, in order; `done` once `finish` was called and every packet is out."""
+
+    def __init__(self, batcher: "StreamBatcher", make_stream: Callable):
+        self._batcher, self._make_stream = batcher, make_stream
+        self.stream = None  # made on the batcher's thread at the first codes (speaker encoder, graph capture)
+        self._codes: list = []
+        self._out: collections.deque = collections.deque()
+        self.finishing = self.cancelled = self.done = False
+        self.error: Optional[BaseException] = None
+
+    def push(self, codes) -> None:
+        with self._batcher.cond:
+            if self.finishing or self.cancelled:
+                raise ValueError("push after finish() or cancel(): this stream is closed")
+            self._codes.extend(int(c) for c in codes)
+            self._batcher.wake()
+
+    def finish(self) -> None:
+        with self._batcher.cond:
+            self.finishing = True
+            self._batcher.wake()
+
+    def cancel(self) -> None:
+        """Stop decoding this stream; what it holds is dropped at the batcher's next round."""
+        with self._batcher.cond:
+            self.cancelled = True
+            self._batcher.wake()
+
+    def ready(self) -> list[Packet]:
+        """The packets decoded since the last call; raises the stream's error once they are out."""
+        with self._batcher.cond:
+            out = list(self._out)
+            self._out.clear()
+            if not out and self.error is not None:
+                raise self.error
+            return out
+
+    @property
+    def has_packets(self) -> bool:
+        with self._batcher.cond:
+            return bool(self._out) or self.error is not None
+
+    @property
+    def busy(self) -> bool:
+        """Codes wait to be taken or a chunk is being decoded: a packet may come without more codes."""
+        with self._batcher.cond:
+            return bool(self._codes) or (self.stream is not None and self.stream.pending)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until a packet, the end or an error is there; True if one is."""
+        with self._batcher.cond:
+            return self._batcher.cond.wait_for(lambda: self._out or self.done or self.error is not None, timeout)
+
+
+class StreamBatcher:
+    """The decode thread of one Token2Wav (see the module docstring)."""
+
+    def __init__(self, t2w):
+        self.t2w = t2w
+        self.cond = threading.Condition()
+        self._streams: list[BatchedStream] = []
+        self._calls: collections.deque = collections.deque()
+        self._dirty = False
+        self._thread: Optional[threading.Thread] = None
+
+    def open(self, speaker, *, seed: int = 0, **stream_kwargs) -> BatchedStream:
+        """A stream as `Token2Wav.stream(speaker, seed=..., **stream_kwargs)` makes it (made on the
+        batcher's thread when its first codes arrive), decoded in batches with the others."""
+        handle = BatchedStream(self, lambda: self.t2w.stream(speaker, seed=seed, **stream_kwargs))
+        with self.cond:
+            self._streams.append(handle)
+            self._start()
+        return handle
+
+    def call(self, fn: Callable, *args, **kwargs) -> concurrent.futures.Future:
+        """Run fn on the batcher's thread between rounds (a whole non-streamed decode, say)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self.cond:
+            self._calls.append((future, fn, args, kwargs))
+            self._start()
+            self.wake()
+        return future
+
+    @property
+    def num_streams(self) -> int:
+        with self.cond:
+            return len(self._streams)
+
+    def wake(self) -> None:  # with self.cond held
+        self._dirty = True
+        self.cond.notify_all()
+
+    def _start(self) -> None:  # with self.cond held
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="omni-token2wav", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        if self.t2w.device.type == "cuda":  # its own CUDA stream, ordered after the weights' upload
+            side = torch.cuda.Stream(self.t2w.device)
+            side.wait_stream(torch.cuda.current_stream(self.t2w.device))
+            torch.cuda.set_stream(side)
+        more = False
+        while True:
+            with self.cond:
+                self.cond.wait_for(lambda: more or self._dirty or self._calls)
+                self._dirty = False
+                calls, self._calls = list(self._calls), collections.deque()
+                self._streams = [h for h in self._streams if not (h.cancelled or h.done or h.error)]
+                work = [(h, h._codes, h.finishing) for h in self._streams]
+                for h, _, _ in work:
+                    h._codes = []
+            for future, fn, args, kwargs in calls:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(*args, **kwargs))
+                    except BaseException as exc:  # noqa: BLE001 -- the caller's
+                        future.set_exception(exc)
+            ready = [(h, self._next_chunk(h, codes, finishing)) for h, codes, finishing in work]
+            ready = [(h, c) for h, c in ready if c is not None]
+            more = bool(ready)
+            owner = {id(c): h for h, c in ready}
+            for results in decode_chunks([c for _, c in ready]):
+                with self.cond:
+                    for chunk, result in results:
+                        self._deliver(owner[id(chunk)], result)
+                    self.cond.notify_all()
+            with self.cond:
+                for h, _, finishing in work:
+                    if finishing and not h.done and (h.stream is None or (h.stream.finished and not h.stream.pending)):
+                        h.done = True
+                self.cond.notify_all()
+
+    def _next_chunk(self, h: BatchedStream, codes: list, finishing: bool) -> Optional[Chunk]:
+        try:
+            if codes and h.stream is None:
+                h.stream = h._make_stream()
+            if h.stream is None:
+                return None
+            if codes:
+                h.stream.add_codes(codes)
+            return h.stream.next_chunk(finishing)
+        except Exception as exc:  # noqa: BLE001 -- this stream's error, handed to its reader
+            with self.cond:
+                h.error = exc
+                self.cond.notify_all()
+            return None
+
+    @staticmethod
+    def _deliver(h: BatchedStream, result) -> None:  # with self.cond held
+        if isinstance(result, BaseException):
+            h.error = result
+        elif not h.cancelled:
+            h._out.append(result)
+
