@@ -98,6 +98,10 @@ class BatchedStream:
         self.finishing = self.cancelled = self.done = False
         self.error: Optional[BaseException] = None
 
+    @property
+    def closed(self) -> bool:
+        return self.cancelled or self.done or self.error is not None
+
     def push(self, codes) -> None:
         with self._batcher.cond:
             if self.finishing or self.cancelled:
@@ -173,8 +177,9 @@ class StreamBatcher:
 
     @property
     def num_streams(self) -> int:
+        """Streams open: not finished, cancelled or failed."""
         with self.cond:
-            return len(self._streams)
+            return sum(not h.closed for h in self._streams)
 
     def wake(self) -> None:  # with self.cond held
         self._dirty = True
@@ -196,7 +201,10 @@ class StreamBatcher:
                 self.cond.wait_for(lambda: more or self._dirty or self._calls)
                 self._dirty = False
                 calls, self._calls = list(self._calls), collections.deque()
-                self._streams = [h for h in self._streams if not (h.cancelled or h.done or h.error)]
+                for h in self._streams:
+                    if h.closed:
+                        h.stream = None  # its codes, mel and speaker rows go now
+                self._streams = [h for h in self._streams if not h.closed]
                 work = [(h, h._codes, h.finishing) for h in self._streams]
                 for h, _, _ in work:
                     h._codes = []

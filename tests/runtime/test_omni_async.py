@@ -11,7 +11,8 @@ from omni_runtime.engine.sampling import SamplingParams
 from omni_runtime.engine.sequence import TokenEvent
 from omni_runtime.omni import AudioEvent, OmniStream, TurnResult
 
-PROMPTS = ["Hello world, are you a helpful assistant?", "What is the capital of the moon?", "Sing."]
+PROMPTS = ["Hello world, are you a helpful assistant?", "What is the capital of the moon?", "Sing.",
+           "Count to ten.", "Why is the sky blue?", "Tell me a story about a cat.", "Hi", "Translate: good night"]
 
 
 def _kwargs(omni, sharp, i):
@@ -25,8 +26,10 @@ async def _collect(stream: OmniStream) -> list:
 
 
 def _all_free(omni) -> bool:
-    return all(not e.has_unfinished and e.block_manager.num_free_blocks == e.kv_cache.num_blocks
-               for e in (omni.thinker.engine, omni.talker.engine))
+    """No request, KV block or Token2Wav stream is held."""
+    return omni.codec().num_streams == 0 and all(
+        not e.has_unfinished and e.block_manager.num_free_blocks == e.kv_cache.num_blocks
+        for e in (omni.thinker.engine, omni.talker.engine))
 
 
 def test_stream_equals_generate(omni, sharp, one_thread):
@@ -43,14 +46,17 @@ def test_stream_equals_generate(omni, sharp, one_thread):
 
 
 def test_concurrent_streams_on_one_loop_equal_their_solo_runs(omni, sharp, one_thread):
+    """8 turns at once: their Thinker and Talker rows batch, their chunks decode in shared batches."""
     solo = [list(omni.generate(p, **_kwargs(omni, sharp, i)))[-1] for i, p in enumerate(PROMPTS)]
 
     async def main():
         return await asyncio.gather(*(_collect(omni.stream(p, **_kwargs(omni, sharp, i)))
                                       for i, p in enumerate(PROMPTS)))
 
-    for events, ref in zip(asyncio.run(main()), solo):
+    runs = asyncio.run(main())
+    for events, ref in zip(runs, solo):
         assert_same_turn(events[-1], ref)
+    assert max(b for events in runs for b in events[-1].timings["codec_batch"]) > 1
     assert _all_free(omni)
 
 
