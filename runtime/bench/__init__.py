@@ -31,17 +31,17 @@ import os
 import sys
 from typing import Optional
 
+from ..cli.guard import EXIT_INTERRUPTED, EXIT_USAGE, run_guarded
 from .parser import PROG, UsageError, build_parser, check_args
 
 __all__ = ["main", "build_parser", "UsageError", "PROG", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
+def _run(args, argv):
+    check_args(args)
+    from .run import run_bench
 
-def _err(msg: str) -> None:
-    sys.stderr.write(f"{PROG}: error: {msg}\n")
-    sys.stderr.flush()
+    return run_bench(args, argv)[0]
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -50,17 +50,9 @@ def main(argv: Optional[list] = None) -> int:
     if argv is not None:
         argv = [os.fsdecode(a) if isinstance(a, bytes) else a for a in argv]
     args = build_parser().parse_args(argv)
-    try:
-        check_args(args)
-        from .run import run_bench
-
-        text, _ = run_bench(args, argv)
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return EXIT_INTERRUPTED
-    except (UsageError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        _err(str(e).strip() or type(e).__name__)
-        return EXIT_USAGE
+    status, text = run_guarded(PROG, lambda: _run(args, argv))
+    if status:
+        return status
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
     for flag, path in (("--json", args.json), ("--png", args.png)):

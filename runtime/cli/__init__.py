@@ -50,18 +50,13 @@ import sys
 import warnings
 from typing import Optional
 
+from .guard import EXIT_INTERRUPTED, EXIT_USAGE, run_guarded
 from .parser import DEFAULT_PROMPT, PROG, UsageError, build_parser, check_args
 
 __all__ = ["main", "build_parser", "UsageError", "PROG", "DEFAULT_PROMPT", "EXIT_USAGE", "EXIT_INTERRUPTED",
            "EXIT_BROKEN_PIPE"]
 
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE (13), see the module docstring
-
-
-def _err(msg: str) -> None:
-    sys.stderr.write(f"{PROG}: error: {msg}\n")
 
 
 def _silence_closed_streams() -> None:
@@ -86,6 +81,20 @@ def _write_text(piece: str) -> None:
     sys.stdout.flush()
 
 
+def _run(args) -> dict:
+    check_args(args)
+    from .run import run_turn
+
+    def show(message, *_args, **_kwargs):
+        # the runtime's warnings (e.g. audio truncated to chunk_length) as one-line notices
+        if not args.quiet:
+            sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        return run_turn(args, (lambda piece: None) if args.json else _write_text)
+
+
 def main(argv: Optional[list] = None) -> int:
     """Run omni-run with `argv` (default sys.argv[1:]); returns the exit status (argparse's own
     usage errors raise SystemExit(2), as argparse does)."""
@@ -102,24 +111,9 @@ def _main(argv) -> int:
         argv = [os.fsdecode(a) if isinstance(a, bytes) else a for a in argv]
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 with argparse's message, before any torch import
-    try:
-        check_args(args)
-        from .run import run_turn
-
-        def show(message, *_args, **_kwargs):
-            # the runtime's warnings (e.g. audio truncated to chunk_length) as one-line notices
-            if not args.quiet:
-                sys.stderr.write(f"{PROG}: warning: {message}\n")
-
-        with warnings.catch_warnings():
-            warnings.showwarning = show
-            result = run_turn(args, (lambda piece: None) if args.json else _write_text)
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return EXIT_INTERRUPTED
-    except (UsageError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        _err(str(e).strip() or type(e).__name__)
-        return EXIT_USAGE
+    status, result = run_guarded(PROG, lambda: _run(args))
+    if status:
+        return status
     if args.json:
         import json  # here, not at the top: --help and argument errors stay import-light
 
