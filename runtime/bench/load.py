@@ -50,7 +50,7 @@ class RequestRecord:
     prompt_tokens: int = 0
     text_t: list = field(default_factory=list)
     code_t: list = field(default_factory=list)
-    packets: list = field(default_factory=list)  # dicts: t, start_sample, samples, codes, dit_ms, vocoder_ms
+    packets: list = field(default_factory=list)  # dicts: t, start_sample, samples, codes, dit_ms, vocoder_ms, batch
     codes: int = 0
     dropped_codes: int = 0
     audio_seconds: float = 0.0
@@ -151,7 +151,7 @@ def run_request(omni, scenario, work: Workload, rec: RequestRecord, seed: int) -
             pk = ev.packet
             rec.packets.append({"t": ev.t, "start_sample": pk.start_sample, "samples": int(pk.samples.numel()),
                                 "codes": list(pk.codes), "dit_ms": round(pk.dit_ms, 3),
-                                "vocoder_ms": round(pk.vocoder_ms, 3)})
+                                "vocoder_ms": round(pk.vocoder_ms, 3), "batch": pk.batch})
         elif isinstance(ev, TurnResult):
             rec.codes, rec.dropped_codes, rec.audio_seconds = len(ev.codes), ev.dropped_codes, ev.audio_seconds
             rec.code_t = [ev.timings["start"] + t for t in ev.timings["code_t"]]

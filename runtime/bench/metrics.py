@@ -21,7 +21,7 @@ _STALL_SLACK_S = 1e-3
 # every key of level_figures' result, in the order the JSON and the test expect
 FIGURES = ("requests", "wall_s", "prepare_ms", "first_text_ms", "first_audio_ms", "end_ms", "gap_ms",
            "gap_vs_audio_max", "stall_ms_max", "realtime_streams", "rtf", "thinker_tokens_per_s",
-           "talker_codes_per_s", "dit_ms_per_chunk", "vocoder_ms_per_chunk", "packets", "audio_seconds",
+           "talker_codes_per_s", "dit_ms_per_chunk", "vocoder_ms_per_chunk", "codec_batch", "packets", "audio_seconds",
            "peak_memory_mib")
 
 
@@ -118,6 +118,7 @@ def level_figures(timelines: list, wall_s: float, peak_memory_bytes: Optional[in
         "talker_codes_per_s": speeds("talker_codes_per_s", codes),
         "dit_ms_per_chunk": per_chunk("dit_ms"),
         "vocoder_ms_per_chunk": per_chunk("vocoder_ms"),
+        "codec_batch": per_chunk("batch"),  # how many streams' chunks each packet's DiT run decoded
         "packets": len(packets),
         "audio_seconds": _round(sum(tl["audio_seconds"] for tl in timelines), 4),
         "peak_memory_mib": None if peak_memory_bytes is None else round(peak_memory_bytes / 2**20, 1),

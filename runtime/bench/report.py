@@ -34,7 +34,8 @@ def levels_table(levels: list) -> str:
     """levels: dicts with scenario, concurrency, figures."""
     headers = ["scenario", "streams", "first text ms p50/p90/p99", "first audio ms p50/p90/p99",
                "packet gap ms max/p90", "gap/audio max", "real-time", "RTF p50", "Thinker tok/s stream/total",
-               "Talker codes/s stream/total", "DiT ms/chunk", "vocoder ms/chunk", "peak MiB"]
+               "Talker codes/s stream/total", "DiT ms/chunk", "vocoder ms/chunk", "streams/chunk batch",
+               "peak MiB"]
     rows = []
     for lv in levels:
         f = lv["figures"]
@@ -45,7 +46,7 @@ def levels_table(levels: list) -> str:
                      f"{_f(th['per_stream_p50'])} / {_f(th['total'])}",
                      f"{_f(ta['per_stream_p50'])} / {_f(ta['total'])}",
                      _f(f["dit_ms_per_chunk"]["mean"]), _f(f["vocoder_ms_per_chunk"]["mean"]),
-                     _f(f["peak_memory_mib"], 0)])
+                     _f(f["codec_batch"]["mean"], 2), _f(f["peak_memory_mib"], 0)])
     return _md(headers, rows)
 
 

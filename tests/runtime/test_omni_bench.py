@@ -84,6 +84,7 @@ def test_quick_json_has_every_figure_and_timeline(quick):
         for key in ("thinker_tokens_per_s", "talker_codes_per_s"):
             assert f[key]["per_stream_p50"] > 0 and f[key]["total"] > 0
         assert f["dit_ms_per_chunk"]["mean"] > 0 and f["vocoder_ms_per_chunk"]["first"] > 0
+        assert 1 <= f["codec_batch"]["mean"] <= lv["concurrency"]
         assert f["peak_memory_mib"] > 0 and f["audio_seconds"] == pytest.approx(lv["concurrency"] * 36 * 0.02)
         for tl in lv["timelines"]:
             # fixed lengths: every turn writes 6 tokens and speaks 36 codes, packets tile its audio
