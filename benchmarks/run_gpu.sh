@@ -15,21 +15,22 @@
 #    sparse, DiT window), the Thinker end to end vs transformers (bench_thinker: bf16 and fp32) and
 #    the engine's decode tokens/s vs transformers and the plain-loop floor (bench_engine_decode,
 #    bf16) and speech out (bench_speech: the Talker and Token2Wav vs transformers), which write
-#    benchmarks/results/<device-slug>/bench_*.json;
+#    benchmarks/results/<device-slug>/bench_*.json; then omni-bench at the 7B shapes, bf16, 1 and 8
+#    concurrent spoken turns (bench_omni.json);
 # 5. copies the JSON files and this log into $OUT (what the device tool brings back: at most 8
 #    files, 2 folders deep): $OUT/run_gpu.log and $OUT/<device-slug>/bench_*.json -- exactly 8
-#    files; add no more. The tests' merged JUnit XML, bench_engine_decode.json and bench_speech.json
-#    are appended to the end of run_gpu.log instead, each between "=== NAME" and "=== end of NAME"
+#    files; add no more. The tests' merged JUnit XML, bench_engine_decode.json, bench_speech.json
+#    and bench_omni.json are appended to the end of run_gpu.log instead, each between "=== NAME" and "=== end of NAME"
 #    lines (`sed -n '/^=== bench_engine_decode.json/,/^=== end of/p' run_gpu.log | sed '1d;$d'`
 #    gives the JSON back).
 #
 # The whole run is budgeted to fit the device tool's 10-minute limit per command
 # (OMNI_BENCH_TOTAL_S, default 540 s): every step gets its share plus whatever earlier steps left,
 # and each benchmark stops starting new cases before its share runs out (results so far are kept;
-# skipped cases are listed in its JSON and output). Shares (s): install 55, test 145, kv_cache 25,
-# paged_decode 40, paged_prefill 30, tmrope 45, block_sparse 50, dit 55, thinker 40,
-# engine_decode 35, speech 20 = 540 (engine_decode's 35 and speech's 20 came out of the kernel
-# benchmarks, which stop early, not out of install or the tests); a benchmark's case budget is its timeout minus RESERVE (start-up, the last
+# skipped cases are listed in its JSON and output). Shares (s): install 55, test 145, kv_cache 20,
+# paged_decode 30, paged_prefill 25, tmrope 35, block_sparse 40, dit 45, speech 10, omni_bench 60,
+# thinker 40, engine_decode 35 = 540 (engine_decode's, speech's and omni_bench's came out of the
+# kernel benchmarks, which stop early, not out of install or the tests); a benchmark's case budget is its timeout minus RESERVE (start-up, the last
 # case's overrun, the table). thinker and engine_decode run last, so whatever the earlier steps leave
 # unused goes to them (engine_decode also finds the Triton kernels thinker compiled in its cache).
 # Environment knobs: PYTHON (default python3), OMNI_BENCH_TOTAL_S, OMNI_BENCH_SKIP_INSTALL=1,
@@ -43,7 +44,7 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 START=$(date +%s)
 TOTAL=${OMNI_BENCH_TOTAL_S:-540}
-STEPS=${OMNI_BENCH_STEPS:-"install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker engine_decode speech"}
+STEPS=${OMNI_BENCH_STEPS:-"install test kv_cache paged_decode paged_prefill tmrope block_sparse dit speech omni_bench thinker engine_decode"}
 QUICK=${OMNI_BENCH_QUICK:+--quick}
 OUT_DIR=${OUT:-}
 if [ -n "$OUT_DIR" ]; then
@@ -56,7 +57,7 @@ fi
 # (after the summary, so the terminal's last lines stay the summary). Likewise the JSON of the
 # benchmarks in LOG_ONLY, which would be a 9th file in $OUT.
 XML_MERGED=$(mktemp "${TMPDIR:-/tmp}/omni_test_gpu.XXXXXX.xml")
-LOG_ONLY="bench_engine_decode bench_speech"
+LOG_ONLY="bench_engine_decode bench_speech bench_omni"
 LOG_JSON_DIR=$(mktemp -d "${TMPDIR:-/tmp}/omni_bench_logjson.XXXXXX")
 
 main() {
@@ -65,8 +66,8 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Seconds each step is planned to take; a step may use what earlier steps left over.
-declare -A SHARE=([install]=55 [test]=145 [kv_cache]=25 [paged_decode]=40 [paged_prefill]=30 [tmrope]=45
-                  [block_sparse]=50 [dit]=55 [thinker]=40 [engine_decode]=35 [speech]=20)
+declare -A SHARE=([install]=55 [test]=145 [kv_cache]=20 [paged_decode]=30 [paged_prefill]=25 [tmrope]=35
+                  [block_sparse]=40 [dit]=45 [thinker]=40 [engine_decode]=35 [speech]=10 [omni_bench]=60)
 # Seconds of a benchmark's timeout not given to its cases: interpreter start-up and imports, the
 # last case started before the budget ran out (torch.compile'd peers make those long), the table.
 # thinker, engine_decode: importing transformers and writing the tiny checkpoint count inside their
@@ -222,6 +223,18 @@ EOF
             fi
         else
             echo "$mod wrote no JSON"
+        fi
+        ;;
+    omni_bench)
+        # The headline: whole spoken turns at the real 7B shapes (random weights), bf16, CUDA graphs,
+        # at 1 and 8 concurrent streams (first packet, packet gaps, RTF, Thinker / Talker speed).
+        banner "omni-bench --shapes 7b (timeout ${T}s)"
+        timeout -k 10 "$T" $PY -c "import sys; from omni_runtime.bench import main; sys.exit(main())" --shapes 7b --device cuda --dtype bf16 --no-peer \
+            --scenarios text --concurrency 1,8 --text-tokens 100 --codes 150 --quiet --json "$RUN_DIR/bench_omni.json"
+        rc=$?
+        STATUS[$step]=$([ $rc = 0 ] && echo ok || echo "FAILED (rc $rc$([ $rc = 124 ] && echo ', timed out'))")
+        if [ -f "$RUN_DIR/bench_omni.json" ]; then
+            cp "$RUN_DIR/bench_omni.json" "$RESULTS/" && cp "$RUN_DIR/bench_omni.json" "$LOG_JSON_DIR/"
         fi
         ;;
     *)
