@@ -105,6 +105,17 @@ step_timeout() {  # what is left of the total, minus what the later steps are pl
 
 banner() { echo; echo "=== $* [$(($(date +%s) - START)) s] ==="; }
 
+need_omni_runtime() {
+    if ! $PY -c "import omni_runtime" >/dev/null 2>&1; then
+        # Not pip-installed (install skipped or fell back to build_ext --inplace): the package
+        # directory is runtime/, imported as omni_runtime -- put a link by that name on the path.
+        SHIM=$(mktemp -d "${TMPDIR:-/tmp}/omni_runtime_shim.XXXXXX")
+        ln -s "$ROOT/runtime" "$SHIM/omni_runtime"
+        export PYTHONPATH="$SHIM:$PYTHONPATH"
+        echo "omni_runtime is not installed: importing it from $ROOT/runtime through $SHIM"
+    fi
+}
+
 banner "device"
 nvidia-smi || echo "nvidia-smi failed"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw \
@@ -201,14 +212,7 @@ EOF
         ;;
     kv_cache|paged_decode|paged_prefill|tmrope|block_sparse|dit|thinker|engine_decode|speech)
         mod=${MODULE[$step]}
-        if [[ $step = thinker || $step = engine_decode || $step = speech ]] && ! $PY -c "import omni_runtime" >/dev/null 2>&1; then
-            # Not pip-installed (install skipped or fell back to build_ext --inplace): the package
-            # directory is runtime/, imported as omni_runtime -- put a link by that name on the path.
-            SHIM=$(mktemp -d "${TMPDIR:-/tmp}/omni_runtime_shim.XXXXXX")
-            ln -s "$ROOT/runtime" "$SHIM/omni_runtime"
-            export PYTHONPATH="$SHIM:$PYTHONPATH"
-            echo "omni_runtime is not installed: importing it from $ROOT/runtime through $SHIM"
-        fi
+        if [[ $step = thinker || $step = engine_decode || $step = speech ]]; then need_omni_runtime; fi
         BUDGET=$((T - ${RESERVE[$step]})); if [ "$BUDGET" -lt 10 ]; then BUDGET=10; fi
         banner "$mod (timeout ${T}s, case budget ${BUDGET}s)"
         timeout -k 10 "$T" $PY -m "benchmarks.$mod" --out "$RUN_DIR" --budget-s "$BUDGET" $QUICK
@@ -228,6 +232,7 @@ EOF
     omni_bench)
         # The headline: whole spoken turns at the real 7B shapes (random weights), bf16, CUDA graphs,
         # at 1 and 8 concurrent streams (first packet, packet gaps, RTF, Thinker / Talker speed).
+        need_omni_runtime
         banner "omni-bench --shapes 7b (timeout ${T}s)"
         timeout -k 10 "$T" $PY -c "import sys; from omni_runtime.bench import main; sys.exit(main())" --shapes 7b --device cuda --dtype bf16 --no-peer \
             --scenarios text --concurrency 1,8 --text-tokens 100 --codes 150 --quiet --json "$RUN_DIR/bench_omni.json"
