@@ -92,36 +92,46 @@ def arrival_offsets(n: int, arrival, seed: int) -> list[float]:
 
 
 class MemoryMeter:
-    """Peak memory between `reset()` and `peak()`: CUDA max allocated on a GPU; on CPU the process's
-    peak RSS (VmHWM, reset through /proc/self/clear_refs; where that is refused, the lifetime peak)."""
+    """Peak memory between `reset()` and `peak()`: CUDA max allocated on a GPU; on CPU the peak RSS
+    (VmHWM, reset through /proc/PID/clear_refs; where that is refused, the lifetime peak) of this
+    process plus `pids` (the Token2Wav child process, where the decoder runs in one)."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = "cuda max allocated" if device.type == "cuda" else "peak RSS"
+    def __init__(self, device: torch.device, pids=()):
+        self.device, self.pids = device, tuple(pids)
+        self.kind = "cuda max allocated" if device.type == "cuda" else (
+            "peak RSS" + (" (this process + the Token2Wav process)" if self.pids else ""))
 
     def reset(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            self.kind = "peak RSS (process lifetime)"
+        for pid in ("self", *self.pids):
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                self.kind = "peak RSS (process lifetime)"
 
     def peak(self) -> Optional[int]:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return int(torch.cuda.max_memory_allocated(self.device))
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        peaks = [_vm_hwm(pid) for pid in ("self", *self.pids)]
+        if peaks[0] is None:
+            peaks[0] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        return sum(p for p in peaks if p is not None)
+
+
+def _vm_hwm(pid) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _params(omni, work: Workload, seed: int):

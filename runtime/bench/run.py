@@ -119,6 +119,7 @@ def run_bench(args, argv=None):
     from ..omni import Omni
     from ..threads import apply_thread_policy
     from . import report
+    from ..token2wav.process import CodecProcess
     from .load import MemoryMeter, RequestRecord, Workload, run_level, run_request
     from .scenarios import build_scenarios
 
@@ -147,7 +148,8 @@ def run_bench(args, argv=None):
     load_s = time.perf_counter() - t0
     if args.speaker not in omni.speakers:
         raise UsageError(f"unknown --speaker {args.speaker!r}; {path} has: {', '.join(omni.speakers)}")
-    meter = MemoryMeter(device)
+    codec = omni.codec()
+    meter = MemoryMeter(device, pids=(codec.pid,) if isinstance(codec, CodecProcess) else ())
     scenarios = build_scenarios(args.scenarios, args.media_seconds, args.seed)
     repeats = _PEER_REPEATS[0 if args.quick else 1]
     total = sum(1 + sum(per_level.values()) for _ in scenarios) + (len(scenarios) * (1 + repeats) if args.peer else 0)
@@ -168,7 +170,8 @@ def run_bench(args, argv=None):
                                "timelines": timelines})
         peer_block, peer_rows = None, []
         if args.peer:
-            del omni
+            omni.close()
+            del omni, codec
             gc.collect()
             if gpu:
                 torch.cuda.empty_cache()

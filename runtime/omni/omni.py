@@ -19,6 +19,8 @@ from __future__ import annotations
 import threading
 from typing import Optional
 
+import torch
+
 from ..engine import SamplingParams
 from ..io import checkpoint as _ckpt
 from ..io.chat import OMNI_SYSTEM_PROMPT
@@ -26,7 +28,9 @@ from ..talker import Talker
 from ..thinker.items import PreparedPrompt
 from ..thinker.thinker import Thinker
 from ..token2wav import Token2Wav
+from ..threads import usable_cpus
 from ..token2wav.batching import StreamBatcher
+from ..token2wav.process import CodecProcess
 from .aio import OmniStream
 from .turn import Turn
 
@@ -40,32 +44,40 @@ STEP_TOKENS = 512
 
 
 class Omni:
-    def __init__(self, thinker: Thinker, talker: Optional[Talker] = None, token2wav: Optional[Token2Wav] = None):
+    def __init__(self, thinker: Thinker, talker: Optional[Talker] = None, token2wav: Optional[Token2Wav] = None,
+                 codec: Optional[CodecProcess] = None):
         if (talker is None) != (token2wav is None):
             raise ValueError("give both the Talker and Token2Wav, or neither")
         self.thinker, self.talker, self.token2wav = thinker, talker, token2wav
         if token2wav is not None:
             token2wav.vocoder.receptive_field_frames()  # computed once now, not in a turn
-        self._codec: Optional[StreamBatcher] = None
+        self._codec = codec
         self._codec_lock = threading.Lock()
 
-    def codec(self) -> StreamBatcher:
-        """The one thread that runs every Token2Wav decode of this Omni: all turns' chunks, those
-        ready together decoded in one batch (`token2wav.batching`), so the Thinker and Talker steps
-        go on while speech is decoded."""
+    def codec(self):
+        """What runs every Token2Wav decode of this Omni: all turns' chunks, those ready together
+        decoded in one batch (`token2wav.batching.StreamBatcher`), so the Thinker and Talker steps go
+        on while speech is decoded -- on a thread of this process, or (`codec_process`, the CPU
+        default) in a child process (`token2wav.process.CodecProcess`)."""
         with self._codec_lock:
             if self._codec is None:
                 self._codec = StreamBatcher(self.token2wav)
             return self._codec
 
+    def close(self) -> None:
+        """Stop the Token2Wav child process, if this Omni has one (it also ends with this process)."""
+        if isinstance(self._codec, CodecProcess):
+            self._codec.close()
+
     @classmethod
     def from_checkpoint(cls, path=None, device="cpu", dtype=None, progress=None, *, speech: Optional[bool] = None,
                         engine_kwargs: Optional[dict] = None, talker_engine_kwargs: Optional[dict] = None,
-                        media_options=None) -> "Omni":
+                        media_options=None, codec_process: Optional[bool] = None) -> "Omni":
         """Thinker (see `Thinker.from_checkpoint`), and with speech (None: when the checkpoint has
         Talker and Token2Wav weights; True: required) the Talker in the same dtype and Token2Wav in
         fp32, on the same device. engine_kwargs["cuda_graphs"] (default: on for CUDA) switches the
-        CUDA graphs of all three."""
+        CUDA graphs of all three. codec_process (None: on for the CPU when more than one CPU is
+        usable): decode speech in a child process, off the GIL the engines hold (process.py)."""
         # A new request's prompt is prefilled at most STEP_TOKENS tokens per step, so the turns already
         # speaking keep getting their Thinker / Talker rows every step (see STEP_TOKENS).
         engine_kwargs = {"max_num_batched_tokens": STEP_TOKENS, **(engine_kwargs or {})}
@@ -85,8 +97,25 @@ class Omni:
         talker_kwargs = dict(talker_engine_kwargs or {})
         if graphs is not None:
             talker_kwargs.setdefault("cuda_graphs", graphs)
-        talker = Talker.from_checkpoint(ckpt, device=device, dtype=thinker.dtype, engine_kwargs=talker_kwargs)
-        return cls(thinker, talker, Token2Wav.from_checkpoint(ckpt, device=device, graphs=graphs))
+        t2w_device = torch.device(device)
+        if codec_process is None:
+            codec_process = t2w_device.type == "cpu" and usable_cpus() > 1
+        elif not isinstance(codec_process, bool):
+            raise ValueError(f"codec_process must be True, False or None, got {codec_process!r}")
+        if codec_process and t2w_device.type != "cpu":
+            raise ValueError(f"codec_process=True is for the CPU; the model is on {t2w_device} (its CUDA stream "
+                             "already runs the decoder beside the engines)")
+        codec = CodecProcess(ckpt.path) if codec_process else None  # starts now, loads while we do
+        try:
+            talker = Talker.from_checkpoint(ckpt, device=device, dtype=thinker.dtype, engine_kwargs=talker_kwargs)
+            omni = cls(thinker, talker, Token2Wav.from_checkpoint(ckpt, device=device, graphs=graphs), codec=codec)
+            if codec is not None:
+                codec.wait_ready()
+        except BaseException:
+            if codec is not None:
+                codec.close()
+            raise
+        return omni
 
     @property
     def can_speak(self) -> bool:

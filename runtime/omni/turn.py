@@ -150,8 +150,7 @@ class Turn:
         noise = self.noise
         if callable(noise):
             noise = noise(len(self.codes) * self.omni.token2wav.config.dit_config.repeats)
-        wav = self.omni.codec().call(self.omni.token2wav, self.codes, self.speaker, noise=noise,
-                                     seed=self.seed).result()
+        wav = self.omni.codec().decode(self.codes, self.speaker, noise=noise, seed=self.seed).result()
         self.timings["token2wav_ms"] = 1000 * (time.perf_counter() - t)
         self.timings.setdefault("first_audio", time.perf_counter() - t0)
         return wav

@@ -175,6 +175,10 @@ class StreamBatcher:
             self.wake()
         return future
 
+    def decode(self, codes, speaker, *, noise=None, seed: int = 0) -> concurrent.futures.Future:
+        """The whole code sequence at once (`Token2Wav.__call__`), on the batcher's thread."""
+        return self.call(self.t2w, codes, speaker, noise=noise, seed=seed)
+
     @property
     def num_streams(self) -> int:
         """Streams open: not finished, cancelled or failed."""
