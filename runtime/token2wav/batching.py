@@ -27,7 +27,7 @@ import torch
 from .graphs import BATCH_SIZES
 from .streaming import Chunk, Packet
 
-__all__ = ["decode_chunks", "StreamBatcher", "BatchedStream"]
+__all__ = ["decode_chunks", "StreamBatcher", "BatchedStream", "PacketQueue"]
 
 
 def _solve_groups(chunks: list[Chunk]) -> Iterator[list[Chunk]]:
@@ -86,14 +86,12 @@ def _decode_group(group: list[Chunk]) -> list[tuple[Chunk, Packet]]:
     return [(c, c.stream.packet(c, waves[i], dit_ms, vocoder_ms[i], batch=len(group))) for i, c in enumerate(group)]
 
 
-class BatchedStream:
-    """A stream decoded by a `StreamBatcher`: `push` / `finish` return at once; `ready()` gives the
-    packets decoded so far, in order; `done` once `finish` was called and every packet is out."""
+class PacketQueue:
+    """What a reader sees of a stream decoded elsewhere: packets in order, then the end or an error.
+    `cond` guards it (the decoder's condition, notified when something arrives)."""
 
-    def __init__(self, batcher: "StreamBatcher", make_stream: Callable):
-        self._batcher, self._make_stream = batcher, make_stream
-        self.stream = None  # made on the batcher's thread at the first codes (speaker encoder, graph capture)
-        self._codes: list = []
+    def __init__(self, cond: threading.Condition):
+        self.cond = cond
         self._out: collections.deque = collections.deque()
         self.finishing = self.cancelled = self.done = False
         self.error: Optional[BaseException] = None
@@ -102,27 +100,9 @@ class BatchedStream:
     def closed(self) -> bool:
         return self.cancelled or self.done or self.error is not None
 
-    def push(self, codes) -> None:
-        with self._batcher.cond:
-            if self.finishing or self.cancelled:
-                raise ValueError("push after finish() or cancel(): this stream is closed")
-            self._codes.extend(int(c) for c in codes)
-            self._batcher.wake()
-
-    def finish(self) -> None:
-        with self._batcher.cond:
-            self.finishing = True
-            self._batcher.wake()
-
-    def cancel(self) -> None:
-        """Stop decoding this stream; what it holds is dropped at the batcher's next round."""
-        with self._batcher.cond:
-            self.cancelled = True
-            self._batcher.wake()
-
     def ready(self) -> list[Packet]:
         """The packets decoded since the last call; raises the stream's error once they are out."""
-        with self._batcher.cond:
+        with self.cond:
             out = list(self._out)
             self._out.clear()
             if not out and self.error is not None:
@@ -131,19 +111,48 @@ class BatchedStream:
 
     @property
     def has_packets(self) -> bool:
-        with self._batcher.cond:
+        with self.cond:
             return bool(self._out) or self.error is not None
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until a packet, the end or an error is there; True if one is."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self._out or self.done or self.error is not None, timeout)
+
+
+class BatchedStream(PacketQueue):
+    """A stream decoded by a `StreamBatcher`: `push` / `finish` return at once; `ready()` gives the
+    packets decoded so far, in order; `done` once `finish` was called and every packet is out."""
+
+    def __init__(self, batcher: "StreamBatcher", make_stream: Callable):
+        super().__init__(batcher.cond)
+        self._batcher, self._make_stream = batcher, make_stream
+        self.stream = None  # made on the batcher's thread at the first codes (speaker encoder, graph capture)
+        self._codes: list = []
+
+    def push(self, codes) -> None:
+        with self.cond:
+            if self.finishing or self.cancelled:
+                raise ValueError("push after finish() or cancel(): this stream is closed")
+            self._codes.extend(int(c) for c in codes)
+            self._batcher.wake()
+
+    def finish(self) -> None:
+        with self.cond:
+            self.finishing = True
+            self._batcher.wake()
+
+    def cancel(self) -> None:
+        """Stop decoding this stream; what it holds is dropped at the batcher's next round."""
+        with self.cond:
+            self.cancelled = True
+            self._batcher.wake()
 
     @property
     def busy(self) -> bool:
         """Codes wait to be taken or a chunk is being decoded: a packet may come without more codes."""
-        with self._batcher.cond:
+        with self.cond:
             return bool(self._codes) or (self.stream is not None and self.stream.pending)
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        """Wait until a packet, the end or an error is there; True if one is."""
-        with self._batcher.cond:
-            return self._batcher.cond.wait_for(lambda: self._out or self.done or self.error is not None, timeout)
 
 
 class StreamBatcher:

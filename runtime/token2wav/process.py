@@ -24,13 +24,13 @@ import socket
 import subprocess
 import sys
 import threading
-from collections import deque
 from multiprocessing.connection import Connection
 from typing import Optional
 
 import torch
 
 from ..io.speakers import Speaker
+from .batching import PacketQueue
 from .streaming import Packet
 
 __all__ = ["CodecProcess", "RemoteStream", "packet_to_wire", "packet_from_wire", "speaker_to_wire",
@@ -69,62 +69,39 @@ def picklable_error(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-class RemoteStream:
+class RemoteStream(PacketQueue):
     """One stream decoded in the child; the same face as `batching.BatchedStream`."""
 
     def __init__(self, owner: "CodecProcess", sid: int):
+        super().__init__(owner.cond)
         self._owner, self._id = owner, sid
-        self._out: deque = deque()
-        self.finishing = self.cancelled = self.done = False
-        self.error: Optional[BaseException] = None
         self._waiting = False  # codes sent since the last packet
-
-    @property
-    def closed(self) -> bool:
-        return self.cancelled or self.done or self.error is not None
 
     def push(self, codes) -> None:
         codes = [int(c) for c in codes]
-        with self._owner.cond:
+        with self.cond:
             if self.finishing or self.cancelled:
                 raise ValueError("push after finish() or cancel(): this stream is closed")
             self._waiting = True
         self._owner.send(("push", self._id, codes))
 
     def finish(self) -> None:
-        with self._owner.cond:
+        with self.cond:
             self.finishing = True
         self._owner.send(("finish", self._id))
 
     def cancel(self) -> None:
-        with self._owner.cond:
+        with self.cond:
             if self.closed:
                 return
             self.cancelled = True
             self._owner._streams.pop(self._id, None)  # what the child still sends for it is dropped
         self._owner.send(("cancel", self._id), quiet=True)
 
-    def ready(self) -> list[Packet]:
-        with self._owner.cond:
-            out = list(self._out)
-            self._out.clear()
-            if not out and self.error is not None:
-                raise self.error
-            return out
-
-    @property
-    def has_packets(self) -> bool:
-        with self._owner.cond:
-            return bool(self._out) or self.error is not None
-
     @property
     def busy(self) -> bool:
-        with self._owner.cond:
+        with self.cond:
             return (self._waiting or self.finishing) and not self.closed
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        with self._owner.cond:
-            return self._owner.cond.wait_for(lambda: self._out or self.done or self.error is not None, timeout)
 
 
 class CodecProcess:
