@@ -17,6 +17,7 @@ decodes all codes at once at the end, which is what transformers' `generate` ret
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Optional
 
 import torch
@@ -51,8 +52,10 @@ class Omni:
         self.thinker, self.talker, self.token2wav = thinker, talker, token2wav
         if token2wav is not None:
             token2wav.vocoder.receptive_field_frames()  # computed once now, not in a turn
-        self._codec = codec
+        self._codec = None
         self._codec_lock = threading.Lock()
+        if codec is not None:
+            self._adopt(codec)
 
     def codec(self):
         """What runs every Token2Wav decode of this Omni: all turns' chunks, those ready together
@@ -61,12 +64,19 @@ class Omni:
         default) in a child process (`token2wav.process.CodecProcess`)."""
         with self._codec_lock:
             if self._codec is None:
-                self._codec = StreamBatcher(self.token2wav)
+                self._adopt(StreamBatcher(self.token2wav))
             return self._codec
 
+    def _adopt(self, codec) -> None:
+        self._codec = codec
+        # a dropped Omni ends its decoder (the thread holds the Token2Wav, the child a process)
+        self._finalizer = weakref.finalize(self, _close_codec, codec)
+
     def close(self) -> None:
-        """Stop the Token2Wav child process, if this Omni has one (it also ends with this process)."""
-        if isinstance(self._codec, CodecProcess):
+        """End the speech decoder: its thread, or its child process (waiting until it exited). Also
+        done when the Omni is collected, and for a child when this process ends."""
+        if self._codec is not None:
+            self._finalizer.detach()
             self._codec.close()
 
     @classmethod
@@ -176,6 +186,13 @@ class Omni:
         if speak and talker_params is None:
             talker_params = self.talker.sampling_params(seed=seed)
         return Turn(self, prepared, params, spk, talker_params, seed=seed, noise=noise, streamed=streamed)
+
+
+def _close_codec(codec) -> None:
+    if isinstance(codec, CodecProcess):
+        codec.close(wait=False)
+    else:
+        codec.close()
 
 
 def _has_speech(ckpt) -> bool:

@@ -164,6 +164,7 @@ class StreamBatcher:
         self._streams: list[BatchedStream] = []
         self._calls: collections.deque = collections.deque()
         self._dirty = False
+        self._closed = False
         self._thread: Optional[threading.Thread] = None
 
     def open(self, speaker, *, seed: int = 0, **stream_kwargs) -> BatchedStream:
@@ -171,6 +172,7 @@ class StreamBatcher:
         batcher's thread when its first codes arrive), decoded in batches with the others."""
         handle = BatchedStream(self, lambda: self.t2w.stream(speaker, seed=seed, **stream_kwargs))
         with self.cond:
+            self._check_open()
             self._streams.append(handle)
             self._start()
         return handle
@@ -179,6 +181,7 @@ class StreamBatcher:
         """Run fn on the batcher's thread between rounds (a whole non-streamed decode, say)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self.cond:
+            self._check_open()
             self._calls.append((future, fn, args, kwargs))
             self._start()
             self.wake()
@@ -194,9 +197,26 @@ class StreamBatcher:
         with self.cond:
             return sum(not h.closed for h in self._streams)
 
+    def close(self) -> None:
+        """End the thread (it holds the Token2Wav); open streams and pending calls fail."""
+        with self.cond:
+            self._closed = True
+            gone = RuntimeError("the Token2Wav decoder was closed")
+            for h in self._streams:
+                if not h.closed:
+                    h.error = gone
+            for future, *_ in self._calls:
+                future.set_exception(gone)
+            self._streams, self._calls = [], collections.deque()
+            self.cond.notify_all()
+
     def wake(self) -> None:  # with self.cond held
         self._dirty = True
         self.cond.notify_all()
+
+    def _check_open(self) -> None:  # with self.cond held
+        if self._closed:
+            raise RuntimeError("the Token2Wav decoder was closed")
 
     def _start(self) -> None:  # with self.cond held
         if self._thread is None:
@@ -211,7 +231,9 @@ class StreamBatcher:
         more = False
         while True:
             with self.cond:
-                self.cond.wait_for(lambda: more or self._dirty or self._calls)
+                self.cond.wait_for(lambda: more or self._dirty or self._calls or self._closed)
+                if self._closed:
+                    return
                 self._dirty = False
                 calls, self._calls = list(self._calls), collections.deque()
                 for h in self._streams:

@@ -163,14 +163,14 @@ class CodecProcess:
         with self.cond:
             return sum(not h.closed for h in self._streams.values())
 
-    def close(self) -> None:
-        """Stop the child (its open streams fail)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the child (its open streams fail); with `wait`, until it has exited."""
         self.send(("close",), quiet=True)
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-        self._conn.close()
+        if wait:
+            self._reader.join(timeout=10)
+            if self._reader.is_alive():
+                self._proc.kill()
+                self._reader.join(timeout=10)
 
     # ---- the wire -----------------------------------------------------------------------------
     def send(self, message, quiet: bool = False) -> None:
@@ -214,6 +214,7 @@ class CodecProcess:
                     self.cond.notify_all()
         except (EOFError, OSError):
             pass
+        self._conn.close()
         code = self._proc.wait()
         with self.cond:
             if self._fatal is not None:

@@ -116,3 +116,29 @@ def test_a_turn_is_the_same_in_a_process_or_a_thread(sharp, one_thread):
         assert a.codes == b.codes and torch.equal(a.waveform, b.waveform)
     with pytest.raises(ValueError, match="codec_process"):
         Omni.from_checkpoint(path, codec_process="yes")
+
+
+@pytest.mark.parametrize("codec_process", [True, False], ids=["child-process", "thread"])
+def test_a_dropped_or_closed_omni_ends_its_decoder(sharp, codec_process):
+    import gc
+
+    omni = Omni.from_checkpoint(sharp[0], engine_kwargs=OMNI_ENGINE, talker_engine_kwargs=OMNI_ENGINE,
+                                codec_process=codec_process)
+    codec = omni.codec()
+    if not codec_process:
+        codec.call(lambda: None).result(timeout=60)  # its thread runs
+    del omni
+    gc.collect()
+    if codec_process:
+        assert codec._proc.wait(timeout=60) == 0
+        with pytest.raises(RuntimeError, match="exited"):
+            codec.open("Chelsie")
+    else:
+        codec._thread.join(timeout=60)
+        assert not codec._thread.is_alive()
+        with pytest.raises(RuntimeError, match="closed"):
+            codec.open("Chelsie")
+    omni = Omni.from_checkpoint(sharp[0], engine_kwargs=OMNI_ENGINE, talker_engine_kwargs=OMNI_ENGINE,
+                                codec_process=codec_process)
+    omni.close()
+    omni.close()  # twice is fine
