@@ -16,26 +16,31 @@
 #    the engine's decode tokens/s vs transformers and the plain-loop floor (bench_engine_decode,
 #    bf16) and speech out (bench_speech: the Talker and Token2Wav vs transformers), which write
 #    benchmarks/results/<device-slug>/bench_*.json; then omni-bench at the 7B shapes, bf16, 1 and 8
-#    concurrent spoken turns (bench_omni.json);
+#    concurrent spoken turns (bench_omni.json); on request (OMNI_BENCH_STEPS="... omni_bench serve"),
+#    the same load through omni-serve's HTTP path (bench_serve: 1 and 8 streamed spoken requests at
+#    the 7B shapes; skipped unless fastapi, uvicorn and openai are importable); and transformers' own
+#    generate patched with omni_kernels.transformers vs unpatched (bench_transformers_patch, --quick,
+#    7b-ratios tiny checkpoint);
 # 5. copies the JSON files and this log into $OUT (what the device tool brings back: at most 8
 #    files, 2 folders deep): $OUT/run_gpu.log and $OUT/<device-slug>/bench_*.json -- exactly 8
-#    files; add no more. The tests' merged JUnit XML, bench_engine_decode.json, bench_speech.json
-#    and bench_omni.json are appended to the end of run_gpu.log instead, each between "=== NAME" and "=== end of NAME"
+#    files; add no more. The tests' merged JUnit XML, bench_engine_decode.json, bench_speech.json,
+#    bench_omni.json, bench_serve.json and bench_transformers_patch.json are appended to the end of run_gpu.log instead, each between "=== NAME" and "=== end of NAME"
 #    lines (`sed -n '/^=== bench_engine_decode.json/,/^=== end of/p' run_gpu.log | sed '1d;$d'`
 #    gives the JSON back).
 #
 # The whole run is budgeted to fit the device tool's 10-minute limit per command
-# (OMNI_BENCH_TOTAL_S, default 540 s): every step gets its share plus whatever earlier steps left,
+# (OMNI_BENCH_TOTAL_S, default 570 s): every step gets its share plus whatever earlier steps left,
 # and each benchmark stops starting new cases before its share runs out (results so far are kept;
 # skipped cases are listed in its JSON and output). Shares (s): install 55, test 145, kv_cache 20,
 # paged_decode 30, paged_prefill 25, tmrope 35, block_sparse 40, dit 45, speech 10, omni_bench 60,
-# thinker 40, engine_decode 35 = 540 (engine_decode's, speech's and omni_bench's came out of the
-# kernel benchmarks, which stop early, not out of install or the tests); a benchmark's case budget is its timeout minus RESERVE (start-up, the last
+# transformers_patch 30, thinker 40, engine_decode 35 = 570, 30 s under the device tool's 600 s per
+# command (engine_decode's, speech's and omni_bench's came out of the kernel benchmarks, which stop
+# early, not out of install or the tests; serve, 30, is not a default step); a benchmark's case budget is its timeout minus RESERVE (start-up, the last
 # case's overrun, the table). thinker and engine_decode run last, so whatever the earlier steps leave
 # unused goes to them (engine_decode also finds the Triton kernels thinker compiled in its cache).
 # Environment knobs: PYTHON (default python3), OMNI_BENCH_TOTAL_S, OMNI_BENCH_SKIP_INSTALL=1,
 # OMNI_BENCH_QUICK=1 (fewer shapes), OMNI_BENCH_STEPS (default
-# "install test kv_cache paged_decode paged_prefill tmrope block_sparse dit thinker engine_decode speech"),
+# "install test kv_cache paged_decode paged_prefill tmrope block_sparse dit speech omni_bench transformers_patch thinker engine_decode"),
 # OMNI_BENCH_ALLOW_CPU=1 (dry run without a GPU: quick CPU sweeps, results under $TMPDIR only).
 set -uo pipefail
 
@@ -43,8 +48,8 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 START=$(date +%s)
-TOTAL=${OMNI_BENCH_TOTAL_S:-540}
-STEPS=${OMNI_BENCH_STEPS:-"install test kv_cache paged_decode paged_prefill tmrope block_sparse dit speech omni_bench thinker engine_decode"}
+TOTAL=${OMNI_BENCH_TOTAL_S:-570}
+STEPS=${OMNI_BENCH_STEPS:-"install test kv_cache paged_decode paged_prefill tmrope block_sparse dit speech omni_bench transformers_patch thinker engine_decode"}
 QUICK=${OMNI_BENCH_QUICK:+--quick}
 OUT_DIR=${OUT:-}
 if [ -n "$OUT_DIR" ]; then
@@ -57,7 +62,7 @@ fi
 # (after the summary, so the terminal's last lines stay the summary). Likewise the JSON of the
 # benchmarks in LOG_ONLY, which would be a 9th file in $OUT.
 XML_MERGED=$(mktemp "${TMPDIR:-/tmp}/omni_test_gpu.XXXXXX.xml")
-LOG_ONLY="bench_engine_decode bench_speech bench_omni"
+LOG_ONLY="bench_engine_decode bench_speech bench_omni bench_serve bench_transformers_patch"
 LOG_JSON_DIR=$(mktemp -d "${TMPDIR:-/tmp}/omni_bench_logjson.XXXXXX")
 
 main() {
@@ -67,17 +72,22 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Seconds each step is planned to take; a step may use what earlier steps left over.
 declare -A SHARE=([install]=55 [test]=145 [kv_cache]=20 [paged_decode]=30 [paged_prefill]=25 [tmrope]=35
-                  [block_sparse]=40 [dit]=45 [thinker]=40 [engine_decode]=35 [speech]=10 [omni_bench]=60)
+                  [block_sparse]=40 [dit]=45 [thinker]=40 [engine_decode]=35 [speech]=10 [omni_bench]=60 [serve]=30
+                  [transformers_patch]=30)
 # Seconds of a benchmark's timeout not given to its cases: interpreter start-up and imports, the
 # last case started before the budget ran out (torch.compile'd peers make those long), the table.
 # thinker, engine_decode: importing transformers and writing the tiny checkpoint count inside their
 # case budget; the reserve covers the last case started (a few seconds) and the table.
 declare -A RESERVE=([kv_cache]=15 [paged_decode]=20 [paged_prefill]=20 [tmrope]=35 [block_sparse]=35 [dit]=35
-                    [thinker]=15 [engine_decode]=10 [speech]=10)
+                    [thinker]=15 [engine_decode]=10 [speech]=10 [serve]=10 [transformers_patch]=10)
 declare -A MODULE=([kv_cache]=bench_kv_cache_ops [paged_decode]=bench_paged_decode_attention
                    [paged_prefill]=bench_paged_prefill_attention [tmrope]=bench_tmrope_attention
                    [block_sparse]=bench_block_sparse_attention [dit]=bench_dit_window_attention
-                   [thinker]=bench_thinker [engine_decode]=bench_engine_decode [speech]=bench_speech)
+                   [thinker]=bench_thinker [engine_decode]=bench_engine_decode [speech]=bench_speech
+                   [serve]=bench_serve [transformers_patch]=bench_transformers_patch)
+# Arguments of a benchmark beyond --out / --budget-s / --quick. serve: the 7B shapes omni_bench wrote
+# (the same cached random checkpoint), 1 and 8 streams.
+declare -A ARGS=([serve]="--shapes 7b --levels 1,8" [transformers_patch]="--quick")
 
 # nvcc for the extension build: the CUDA image keeps it in /usr/local/cuda/bin.
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
@@ -210,12 +220,17 @@ ET.ElementTree(root).write(sys.argv[1], encoding="utf-8", xml_declaration=True)
 EOF
         fi
         ;;
-    kv_cache|paged_decode|paged_prefill|tmrope|block_sparse|dit|thinker|engine_decode|speech)
+    kv_cache|paged_decode|paged_prefill|tmrope|block_sparse|dit|thinker|engine_decode|speech|serve|transformers_patch)
         mod=${MODULE[$step]}
-        if [[ $step = thinker || $step = engine_decode || $step = speech ]]; then need_omni_runtime; fi
+        if [[ $step = thinker || $step = engine_decode || $step = speech || $step = serve || $step = transformers_patch ]]; then need_omni_runtime; fi
+        if [ "$step" = serve ] && ! $PY -c "import fastapi, uvicorn, openai" >/dev/null 2>&1; then
+            STATUS[$step]="skipped (fastapi, uvicorn or openai not installed)"
+            banner "$mod: ${STATUS[$step]}"
+            continue
+        fi
         BUDGET=$((T - ${RESERVE[$step]})); if [ "$BUDGET" -lt 10 ]; then BUDGET=10; fi
         banner "$mod (timeout ${T}s, case budget ${BUDGET}s)"
-        timeout -k 10 "$T" $PY -m "benchmarks.$mod" --out "$RUN_DIR" --budget-s "$BUDGET" $QUICK
+        timeout -k 10 "$T" $PY -m "benchmarks.$mod" --out "$RUN_DIR" --budget-s "$BUDGET" $QUICK ${ARGS[$step]:-}
         rc=$?
         STATUS[$step]=$([ $rc = 0 ] && echo ok || echo "FAILED (rc $rc$([ $rc = 124 ] && echo ', timed out'))")
         if [ -f "$RUN_DIR/$mod.json" ]; then

@@ -182,8 +182,10 @@ class CodecProcess:
             try:
                 self._conn.send(message)
             except (OSError, EOFError, ValueError) as exc:
-                if not quiet:
-                    raise RuntimeError(f"the Token2Wav process is gone ({exc})") from None
+                if quiet:
+                    return
+                self._reader.join(timeout=10)  # it records why the child ended
+                raise self._dead or RuntimeError(f"the Token2Wav process is gone ({exc})") from None
 
     def _read(self) -> None:
         try:

@@ -6,6 +6,8 @@ its end ("done") or its error; a decode's waveform or error."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import threading
 from multiprocessing.connection import Connection
 
@@ -122,6 +124,14 @@ def main(argv=None) -> None:
         with worker.batcher.cond:
             worker.closing = True
             worker.batcher.cond.notify_all()
+        worker.batcher.close()
+        thread = worker.batcher._thread
+        if thread is not None:
+            thread.join(timeout=10)  # it ends after the round it is in
+    # no interpreter teardown under daemon threads that may still be in a torch op
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
