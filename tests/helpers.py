@@ -17,6 +17,13 @@ def assert_same_turn(a, b) -> None:
     torch.testing.assert_close(a.waveform, b.waveform, rtol=0, atol=1e-5)
 
 
+def all_freed(omni) -> bool:
+    """No request, KV block or Token2Wav stream of this Omni is held."""
+    return omni.codec().num_streams == 0 and all(
+        not e.has_unfinished and e.block_manager.num_free_blocks == e.kv_cache.num_blocks
+        for e in (omni.thinker.engine, omni.talker.engine))
+
+
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """||a - e|| / ||e|| in fp64: the one error measure every kernel test states its bounds in."""
     expected = expected.double()

@@ -135,15 +135,9 @@ def _vm_hwm(pid) -> Optional[int]:
 
 
 def _params(omni, work: Workload, seed: int):
-    talker = omni.talker
-    # Fixed lengths: the Thinker ignores its stop ids; the Talker can emit neither its stop codes nor
-    # codes the codec's table cannot take (the 7B's vocabulary of 8448 is larger), so every turn speaks
-    # exactly `codes` codes -- what transformers does with min_new_tokens and the same suppression.
-    banned = {talker.config.tts_codec_start_token_id, *talker.stop_codes,
-              *range(omni.token2wav.num_codes, talker.config.vocab_size)}
+    # Fixed lengths: the Thinker ignores its stop ids; every turn speaks exactly `codes` codes.
     return (omni.thinker.sampling_params(max_new_tokens=work.text_tokens, ignore_eos=True),
-            talker.sampling_params(seed=seed, max_new_tokens=work.codes, ignore_eos=True,
-                                   suppress_token_ids=tuple(sorted(banned))))
+            omni.fixed_length_talker_params(work.codes, seed=seed))
 
 
 def run_request(omni, scenario, work: Workload, rec: RequestRecord, seed: int) -> None:

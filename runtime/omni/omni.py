@@ -127,6 +127,19 @@ class Omni:
             raise
         return omni
 
+    def fixed_length_talker_params(self, codes: int, **kwargs) -> SamplingParams:
+        """Talker sampling that speaks exactly `codes` codes (for benchmarks): it can emit neither
+        its stop codes nor codes the codec's table cannot take (the 7B's vocabulary of 8448 is
+        larger) -- what transformers does with min_new_tokens and the same suppression. kwargs as
+        `Talker.sampling_params` (greedy, seed, ...)."""
+        if not self.can_speak:
+            raise ValueError(_no_speech_message(_ckpt.open_checkpoint(self.thinker.path)))
+        talker = self.talker
+        banned = {talker.config.tts_codec_start_token_id, *talker.stop_codes,
+                  *range(self.token2wav.num_codes, talker.config.vocab_size)}
+        return talker.sampling_params(**kwargs, max_new_tokens=codes, ignore_eos=True,
+                                      suppress_token_ids=tuple(sorted(banned)))
+
     @property
     def can_speak(self) -> bool:
         return self.talker is not None

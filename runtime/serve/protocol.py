@@ -212,20 +212,15 @@ def _talker_params(body: dict, omni, options, seed: Optional[int]) -> SamplingPa
     if codes is not None and codes < 1:
         raise invalid("max_audio_codes", f"'max_audio_codes' must be >= 1, got {codes}")
     greedy = _get(body, "talker_greedy", "bool")
-    talker = omni.talker
     kw = dict(greedy=options.talker_greedy if greedy is None else greedy, seed=seed)
-    if codes is not None:
-        kw["max_new_tokens"] = codes
     if _get(body, "ignore_eos", "bool"):
         if codes is None:
             raise invalid("max_audio_codes", "'ignore_eos' with audio output needs 'max_audio_codes' (the fixed "
                                              "number of speech codes, 50 per second)")
-        # fixed length as omni-bench (bench/load.py): neither stop codes nor codes the codec's table cannot take
-        banned = {talker.config.tts_codec_start_token_id, *talker.stop_codes,
-                  *range(omni.token2wav.num_codes, talker.config.vocab_size)}
-        kw.update(ignore_eos=True, suppress_token_ids=tuple(sorted(banned)))
-    return talker.sampling_params(**kw)
-
+        return omni.fixed_length_talker_params(codes, **kw)  # as omni-bench
+    if codes is not None:
+        kw["max_new_tokens"] = codes
+    return omni.talker.sampling_params(**kw)
 
 def _stop(body: dict, speak: bool) -> tuple:
     stop = body.get("stop")

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from helpers import unwritable_dir
@@ -36,47 +35,6 @@ def _keep_torch_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    import av
-    import soundfile as sf
-    from PIL import Image
-
-    d = tmp_path_factory.mktemp("cli_inputs")
-    t = np.arange(16000 * 5) / 16000
-    # loudest at the start: streamed log-mel == offline log-mel (see omni_thinker's docstring)
-    sf.write(d / "speech.wav", (0.3 * np.sin(2 * np.pi * 440 * t) * np.exp(-t)).astype(np.float32), 16000)
-    sf.write(d / "nan.wav", np.full(1600, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
-    sf.write(d / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(d / "image.png")
-    (d / "zero.png").write_bytes(b"")
-    (d / "not_an_image.png").write_bytes(b"hello")
-    rng = np.random.default_rng(1)
-    for name, with_audio in (("clip.mp4", True), ("silent.mp4", False)):
-        with av.open(str(d / name), "w") as c:
-            v = c.add_stream("mpeg4", rate=4)
-            v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
-            if with_audio:  # every stream before the first packet
-                a = c.add_stream("aac", rate=16000)
-                a.layout = "mono"
-            for _ in range(8):  # 2 s at 4 fps
-                frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), format="rgb24")
-                for pk in v.encode(frame):
-                    c.mux(pk)
-            for pk in v.encode():
-                c.mux(pk)
-            if with_audio:
-                sig = (0.3 * np.sin(np.arange(32000) * 2 * np.pi * 330 / 16000)).astype(np.float32)
-                for i in range(0, 32000, 1024):
-                    frame = av.AudioFrame.from_ndarray(sig[None, i:i + 1024], format="fltp", layout="mono")
-                    frame.rate, frame.pts = 16000, i
-                    for pk in a.encode(frame):
-                        c.mux(pk)
-                for pk in a.encode():
-                    c.mux(pk)
-    return d
 
 
 def run(capsys, *args):

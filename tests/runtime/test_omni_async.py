@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from helpers import assert_same_turn
+from helpers import all_freed, assert_same_turn
 from omni_runtime.engine.sampling import SamplingParams
 from omni_runtime.engine.sequence import TokenEvent
 from omni_runtime.omni import AudioEvent, OmniStream, TurnResult
@@ -25,13 +25,6 @@ async def _collect(stream: OmniStream) -> list:
     return [ev async for ev in stream]
 
 
-def _all_free(omni) -> bool:
-    """No request, KV block or Token2Wav stream is held."""
-    return omni.codec().num_streams == 0 and all(
-        not e.has_unfinished and e.block_manager.num_free_blocks == e.kv_cache.num_blocks
-        for e in (omni.thinker.engine, omni.talker.engine))
-
-
 def test_stream_equals_generate(omni, sharp, one_thread):
     kw = _kwargs(omni, sharp, 0)
     sync = list(omni.generate(PROMPTS[0], **kw))
@@ -42,7 +35,7 @@ def test_stream_equals_generate(omni, sharp, one_thread):
     stamps = [e.t for e in events[:-1]]
     assert all(isinstance(e, (TokenEvent, AudioEvent)) for e in events[:-1])
     assert stamps == sorted(stamps)  # delivered in the order they became ready
-    assert _all_free(omni)
+    assert all_freed(omni)
 
 
 def test_concurrent_streams_on_one_loop_equal_their_solo_runs(omni, sharp, one_thread):
@@ -57,7 +50,7 @@ def test_concurrent_streams_on_one_loop_equal_their_solo_runs(omni, sharp, one_t
     for events, ref in zip(runs, solo):
         assert_same_turn(events[-1], ref)
     assert max(b for events in runs for b in events[-1].timings["codec_batch"]) > 1
-    assert _all_free(omni)
+    assert all_freed(omni)
 
 
 def test_the_loop_keeps_running_while_a_turn_steps(omni, sharp, one_thread):
@@ -102,12 +95,12 @@ def test_leaving_a_stream_early_frees_its_requests(omni, sharp, how, one_thread)
             stream = omni.stream(PROMPTS[0], **kw)
             await consume(stream)
             await stream.aclose()
-            assert _all_free(omni)  # aclose returns once the requests are freed
+            assert all_freed(omni)  # aclose returns once the requests are freed
         elif how == "exception":
             with pytest.raises(KeyError):
                 async with omni.stream(PROMPTS[0], **kw) as stream:
                     await consume(stream)
-            assert _all_free(omni)
+            assert all_freed(omni)
         else:
             task = asyncio.create_task(consume(omni.stream(PROMPTS[0], **kw)))
             await asyncio.sleep(0.2)
@@ -115,11 +108,11 @@ def test_leaving_a_stream_early_frees_its_requests(omni, sharp, how, one_thread)
             with pytest.raises(asyncio.CancelledError):
                 await task
         deadline = time.perf_counter() + 30
-        while not _all_free(omni) and time.perf_counter() < deadline:
+        while not all_freed(omni) and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
 
     asyncio.run(main())
-    assert _all_free(omni)
+    assert all_freed(omni)
     # and the Omni serves the next turn as before
     assert_same_turn(list(omni.generate(PROMPTS[1], **_kwargs(omni, sharp, 1)))[-1],
                       asyncio.run(_collect(omni.stream(PROMPTS[1], **_kwargs(omni, sharp, 1))))[-1])
@@ -135,4 +128,4 @@ def test_a_bad_request_raises_from_the_first_step(omni, sharp):
         asyncio.run(first(omni.stream(PROMPTS[0], noise=torch.zeros(1, 2, 80))))
     with pytest.raises(FileNotFoundError, match="audio file not found"):
         asyncio.run(first(omni.stream(PROMPTS[0], audios=["/no/such/file.wav"])))
-    assert _all_free(omni)
+    assert all_freed(omni)

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_cli import files  # noqa: F401 (the media files fixture: speech.wav, image.png, clip.mp4, ...)
-from test_omni_async import _all_free as engines_free
+from helpers import all_freed as engines_free
 
 from omni_runtime.serve import BackgroundServer, ServeOptions, create_app
 from omni_runtime.serve.audio_out import pcm16_bytes

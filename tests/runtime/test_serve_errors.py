@@ -15,7 +15,6 @@ import time
 
 import pytest
 from PIL import Image
-from test_cli import files  # noqa: F401 (the media files fixture)
 from test_serve import _one_thread, app, server  # noqa: F401 (fixtures)
 from test_serve import BASE, KEY, LONG, MODEL, SPEAK, all_free, open_stream, read_until_data, wait_all_free
 
