@@ -20,7 +20,7 @@ import torch
 
 from . import backend
 from .checks import FLOAT_DTYPES, check_finite_positive, check_last_dim_contiguous, check_tensor
-from .rotary import apply_interleaved_rope, rope_inv_freq
+from .rotary import apply_interleaved_rope, interleaved_cos_sin, rope_inv_freq
 
 # The torch path attends this many query frames (rounded to whole blocks) at a time, each chunk
 # against its own KV window only, so its masks and scores stay O(L * window), not O(L^2).
@@ -44,7 +44,7 @@ def _dit_window_attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         compute = backend.kernel_dtype(q.dtype)
         out = kernel.launch(q.to(compute), k.to(compute), v.to(compute), inv_freq, block_size, back, ahead, scale)
         return out.to(q.dtype)
-    return _torch_path(q, k, v, inv_freq, block_size, back, ahead, scale)
+    return _torch_path(q, k, v, inv_freq, block_size, back, ahead, scale, float(rope_theta))
 
 
 _dit_window_attention_op = torch.library.custom_op("omni_kernels::dit_window_attention",
@@ -56,28 +56,49 @@ def _(q, k, v, block_size, back, ahead, rope_theta, scale):
     return q.new_empty(q.shape)
 
 
-def _rope_head0(x: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    return torch.cat((apply_interleaved_rope(x[:, :1], inv_freq), x[:, 1:]), dim=1)
+@functools.lru_cache(maxsize=64)
+def _head0_cos_sin(length: int, head_dim: int, theta: float, device: torch.device):
+    return interleaved_cos_sin(length, _inv_freq(head_dim, theta, device))
 
 
-def _torch_path(q, k, v, inv_freq, block_size, back, ahead, scale):
-    """Rotate head 0 (fp32, cast back), then SDPA with the window mask, chunk by chunk of query blocks."""
-    q = _rope_head0(q, inv_freq)
-    k = _rope_head0(k, inv_freq)
-    length = q.shape[-2]
-    block = torch.arange(length, device=q.device) // block_size
+@functools.lru_cache(maxsize=64)
+def _windows(length: int, block_size: int, back: int, ahead: int, device: torch.device) -> tuple:
+    """The torch path's chunks of query blocks: (q_lo, q_hi, kv_lo, kv_hi, visible mask), each
+    computed once per shape (a DiT stream asks for the same few windows thousands of times)."""
+    block = torch.arange(length, device=device) // block_size
     n_blocks = (length + block_size - 1) // block_size
     chunk_blocks = max(1, _TORCH_CHUNK_FRAMES // block_size)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    out = []
     for b0 in range(0, n_blocks, chunk_blocks):
         b1 = min(b0 + chunk_blocks, n_blocks)  # query blocks [b0, b1)
         q_lo, q_hi = b0 * block_size, min(b1 * block_size, length)
         kv_lo, kv_hi = max(b0 - back, 0) * block_size, min((b1 + ahead) * block_size, length)
         diff = block[None, kv_lo:kv_hi] - block[q_lo:q_hi, None]
-        visible = (diff >= -back) & (diff <= ahead)
-        out[:, :, q_lo:q_hi] = torch.nn.functional.scaled_dot_product_attention(
-            q[:, :, q_lo:q_hi], k[:, :, kv_lo:kv_hi], v[:, :, kv_lo:kv_hi], attn_mask=visible, scale=scale,
-        )
+        out.append((q_lo, q_hi, kv_lo, kv_hi, (diff >= -back) & (diff <= ahead)))
+    return tuple(out)
+
+
+def _rope_head0(x: torch.Tensor, inv_freq: torch.Tensor, cos_sin) -> torch.Tensor:
+    out = x.clone(memory_format=torch.contiguous_format)
+    out[:, :1] = apply_interleaved_rope(x[:, :1], inv_freq, cos_sin)
+    return out
+
+
+def _torch_path(q, k, v, inv_freq, block_size, back, ahead, scale, theta):
+    """Rotate head 0 (fp32, cast back), then SDPA with the window mask, chunk by chunk of query blocks."""
+    length = q.shape[-2]
+    cos_sin = _head0_cos_sin(length, q.shape[-1], theta, q.device)
+    q = _rope_head0(q, inv_freq, cos_sin)
+    k = _rope_head0(k, inv_freq, cos_sin)
+    windows = _windows(length, block_size, back, ahead, q.device)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if len(windows) == 1:
+        *_, visible = windows[0]
+        return sdpa(q, k, v, attn_mask=visible, scale=scale)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    for q_lo, q_hi, kv_lo, kv_hi, visible in windows:
+        out[:, :, q_lo:q_hi] = sdpa(q[:, :, q_lo:q_hi], k[:, :, kv_lo:kv_hi], v[:, :, kv_lo:kv_hi],
+                                    attn_mask=visible, scale=scale)
     return out
 
 

@@ -38,11 +38,16 @@ def apply_rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     return (xf * cos[:, None, :] + rotate_half(xf) * sin[:, None, :]).to(x.dtype)
 
 
-def apply_interleaved_rope(x: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """x (..., L, D): 1-D RoPE on interleaved pairs with positions 0..L-1, in fp32, returned in x's dtype."""
-    length = x.shape[-2]
-    freqs = torch.arange(length, device=x.device, dtype=torch.float32)[:, None] * inv_freq.float()[None, :]
-    cos, sin = freqs.cos(), freqs.sin()
+def interleaved_cos_sin(length: int, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) (L, D/2) fp32 of positions 0..L-1 for `apply_interleaved_rope`."""
+    freqs = torch.arange(length, device=inv_freq.device, dtype=torch.float32)[:, None] * inv_freq.float()[None, :]
+    return freqs.cos(), freqs.sin()
+
+
+def apply_interleaved_rope(x: torch.Tensor, inv_freq: torch.Tensor, cos_sin=None) -> torch.Tensor:
+    """x (..., L, D): 1-D RoPE on interleaved pairs with positions 0..L-1, in fp32, returned in x's
+    dtype. cos_sin: `interleaved_cos_sin(L, inv_freq)`, when the caller keeps it."""
+    cos, sin = interleaved_cos_sin(x.shape[-2], inv_freq) if cos_sin is None else cos_sin
     xf = x.float()
     even, odd = xf[..., 0::2], xf[..., 1::2]
     out = torch.empty_like(xf)
