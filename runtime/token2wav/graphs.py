@@ -7,8 +7,8 @@ DiT evaluations of the RK4 solve with classifier-free guidance, for B streams' w
 batch bucket, `BATCH_SIZES`: the DiT batch is 2B with CFG, B without; fewer streams fill the first
 rows). `VocoderRunner`: BigVGAN over B mel windows of F frames. The shapes are a
 stream plan's regular chunks (`Token2WavStream.regular_shapes`: the first chunk, those whose left
-context is still clipped, the steady state -- 48, 120, 144 DiT frames and 48, 120, 130 vocoder
-frames for the default plan); they are made when the first stream with that plan and schedule
+context is still clipped or the chunks still grow, the steady state -- 48, 120, 216, 360 DiT frames
+and 48, 120, 202, 346 vocoder frames for the default plan); they are made when the first stream with that plan and schedule
 starts. A stream's last window is as long as the codes left over, and padding it would change it
 (the block attention would see the pad frames): a shape without a runner runs the plain call.
 

@@ -8,7 +8,9 @@
         play(packet.samples)
 
 DiT. Mel frames are decoded in chunks of whole DiT blocks (`StreamPlan`: a small first chunk for a
-fast first packet, larger ones after). Chunk [s, e) is solved over the window [s - left, e + right)
+fast first packet, larger ones after, doubling up to `max_chunk_blocks`: each chunk re-solves its
+context, so larger chunks cost less per frame, and a packet that plays longer leaves more time
+for the next). Chunk [s, e) is solved over the window [s - left, e + right)
 (clipped to the sequence), whose edges lie on the global block grid, so the block-attention pattern
 is the whole decode's; the window's noise is its slice of `initial_noise(seed, ...)`, the same
 numbers the whole decode draws. The chunk's frames are kept ("final"); the right context's frames
@@ -59,6 +61,7 @@ class StreamPlan:
 
     first_chunk_blocks: int = 1
     chunk_blocks: int = 3
+    max_chunk_blocks: Optional[int] = 12
     left_blocks: int = 2
     right_blocks: int = 1
     vocoder_left: Optional[int] = None
@@ -73,6 +76,17 @@ class StreamPlan:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"StreamPlan.{name} must be an int >= {low}, got {v!r}")
+        m = self.max_chunk_blocks
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < self.chunk_blocks):
+            raise ValueError(f"StreamPlan.max_chunk_blocks must be None or an int >= chunk_blocks "
+                             f"({self.chunk_blocks}), got {m!r}")
+
+    def chunk_size(self, k: int) -> int:
+        """Blocks in chunk k: the first chunk, then chunk_blocks doubling up to max_chunk_blocks."""
+        if k == 0:
+            return self.first_chunk_blocks
+        cap = self.chunk_blocks if self.max_chunk_blocks is None else self.max_chunk_blocks
+        return min(self.chunk_blocks << min(k - 1, 32), cap)
 
 
 @dataclass
@@ -134,6 +148,7 @@ class Token2WavStream:
             raise ValueError(f"StreamPlan.crossfade ({p.crossfade}) exceeds the vocoder's right context "
                              f"({self._voc_right} frames): the tail is vocoded from the provisional mel there")
         self.seed, self.schedule = seed, schedule
+        self._ends: list[int] = []  # mel frame where chunk k ends, as far as asked
         ref_mel, cond = t2w.speaker_tensors(speaker)
         with torch.inference_mode():  # ECAPA and the time modulations now, before the first codes arrive
             self._speaker = t2w.sampler.speaker_condition(ref_mel, cond, schedule)
@@ -154,8 +169,10 @@ class Token2WavStream:
 
     # ---- the chunk grid (mel frames) ------------------------------------------------------------
     def _end(self, k: int) -> int:
-        p, b = self.plan, self.t2w.block_size
-        return (p.first_chunk_blocks + k * p.chunk_blocks) * b
+        ends = self._ends
+        while len(ends) <= k:
+            ends.append((ends[-1] if ends else 0) + self.plan.chunk_size(len(ends)) * self.t2w.block_size)
+        return ends[k]
 
     def _start(self, k: int) -> int:
         return 0 if k == 0 else self._end(k - 1)
@@ -164,8 +181,10 @@ class Token2WavStream:
         return max(0, self._start(k) - self.plan.left_blocks * self.t2w.block_size)
 
     def _chunk_of(self, frame: int) -> int:
-        p, b = self.plan, self.t2w.block_size
-        return 0 if frame < p.first_chunk_blocks * b else 1 + (frame // b - p.first_chunk_blocks) // p.chunk_blocks
+        k = 0
+        while self._end(k) <= frame:
+            k += 1
+        return k
 
     def regular_shapes(self) -> tuple[list[int], list[int]]:
         """(DiT window frames, vocoder mel frames) of the chunks `push` decodes: those of chunks 0,
@@ -179,7 +198,8 @@ class Token2WavStream:
             start, end = self._start(k), self._end(k)
             windows.add(end + right - self._window_start(k))
             mels.add(min(self._voc_left, start) + end - start + min(self._voc_right, right))
-            if k >= 1 and start >= max(p.left_blocks * b, self._voc_left):
+            steady = p.chunk_size(k) == p.chunk_size(k + 1)
+            if k >= 1 and steady and start >= max(p.left_blocks * b, self._voc_left):
                 return sorted(windows), sorted(mels)
             k += 1
 

@@ -2,8 +2,8 @@
 graph replays, run eagerly over the same persistent buffers (capture itself:
 tests/test_gpu_token2wav.py).
 
-Proved here: the default plan's chunk shapes are 48, 120, 144 DiT frames (first chunk, second,
-steady state) and 48, 120, 130 vocoder frames; a SolveRunner's replay equals
+Proved here: the default plan's chunk shapes are 48, 120, 216, 360 DiT frames (chunks of 1, 3, 6,
+then 12 blocks: the steady state) and 48, 120, 202, 346 vocoder frames; a SolveRunner's replay equals
 `FlowSampler.sample` bit for bit for those windows and a final partial one, with CFG (batch 2) and
 without (batch 1), and for several streams at once in a batch bucket (padded rows); a
 VocoderRunner's equals `BigVGAN.forward`; replays with other inputs in between
@@ -19,8 +19,8 @@ from omni_runtime.token2wav import graphs as graphs_mod
 from omni_runtime.token2wav.graphs import BATCH_SIZES, SolveRunner, Token2WavGraphs, VocoderRunner
 
 CFG, NO_CFG = Schedule(), Schedule(guidance_scale=0.0)
-SOLVE_FRAMES = [48, 120, 144]  # the default plan's DiT windows
-VOCODER_FRAMES = [48, 120, 130]  # and its vocoder windows
+SOLVE_FRAMES = [48, 120, 216, 360]  # the default plan's DiT windows (chunks of 1, 3, 6, then 12 blocks)
+VOCODER_FRAMES = [48, 120, 202, 346]  # and its vocoder windows
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +56,15 @@ def plain_vocode(t2w, mel):
 
 def test_chunk_shapes(t2w):
     assert t2w.stream("Chelsie").regular_shapes() == (SOLVE_FRAMES, VOCODER_FRAMES)
-    plan = StreamPlan(first_chunk_blocks=2, chunk_blocks=1, left_blocks=0, right_blocks=0, vocoder_left=0, crossfade=0)
+    plan = StreamPlan(first_chunk_blocks=2, chunk_blocks=1, max_chunk_blocks=1, left_blocks=0, right_blocks=0,
+                      vocoder_left=0, crossfade=0)
     assert t2w.stream("Chelsie", plan=plan).regular_shapes() == ([24, 48], [24, 48])
+    assert t2w.stream("Chelsie", plan=StreamPlan(max_chunk_blocks=3)).regular_shapes() == ([48, 120, 144],
+                                                                                          [48, 120, 130])
 
 
 @pytest.mark.parametrize("schedule", [CFG, NO_CFG], ids=["cfg-batch2", "no-cfg-batch1"])
-@pytest.mark.parametrize("frames", SOLVE_FRAMES + [86], ids=["first", "second", "steady", "final-partial"])
+@pytest.mark.parametrize("frames", SOLVE_FRAMES + [86], ids=["first", "second", "third", "steady", "final-partial"])
 def test_solve_replay_equals_plain(one_thread, t2w, schedule, frames):
     runner = SolveRunner(t2w.sampler, schedule, frames)
     assert runner.rows == (2 if schedule.cfg else 1)
@@ -71,7 +74,7 @@ def test_solve_replay_equals_plain(one_thread, t2w, schedule, frames):
     assert torch.equal(out, plain_solve(t2w, schedule, inputs))
 
 
-@pytest.mark.parametrize("frames", VOCODER_FRAMES + [94], ids=["first", "second", "steady", "final-partial"])
+@pytest.mark.parametrize("frames", VOCODER_FRAMES + [94], ids=["first", "second", "third", "steady", "final-partial"])
 def test_vocoder_replay_equals_plain(one_thread, t2w, frames):
     runner = VocoderRunner(t2w.vocoder, frames)
     mel = mel_window(t2w, frames, seed=frames)
@@ -180,9 +183,9 @@ def stream_all(t2w, codes, pieces, **kw):
 
 
 @pytest.mark.parametrize("n,pieces,schedule,solves,vocodes", [
-    # 300 frames: chunks 0-3 (windows 48, 120, 144, 144), then the last one: window 108, mel 94 (plain calls)
-    (150, [30, 1, 50, 69], {}, [48, 120, 144, 144], [48, 120, 130, 130]),
-    (150, [150], dict(num_steps=3, guidance_scale=0.0), [48, 120, 144, 144], [48, 120, 130, 130]),
+    # 300 frames: chunks 0-2 (windows 48, 120, 216), then the last one [240, 300): window 108, mel 94 (plain calls)
+    (150, [30, 1, 50, 69], {}, [48, 120, 216], [48, 120, 202]),
+    (150, [150], dict(num_steps=3, guidance_scale=0.0), [48, 120, 216], [48, 120, 202]),
     # 48 frames: chunk 0, then the last one [24, 48), whose window (0..48) and mel (24 + 24) have runners
     (24, [24], dict(num_steps=3), [48, 48], [48, 48]),
 ], ids=["cfg", "no-cfg", "last-chunk-regular"])

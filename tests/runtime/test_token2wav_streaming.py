@@ -120,7 +120,9 @@ def test_packets_depend_only_on_their_window(one_thread, strong_t2w):
     holding it is not; and no packet was emitted before all of its depends_on codes were pushed."""
     t2w = strong_t2w
     codes = codes_for(t2w, 150, seed=2)
-    s = t2w.stream("Chelsie", **FAST)
+    # constant 3-block chunks: enough packets that some miss each changed code
+    fast = dict(FAST, plan=StreamPlan(max_chunk_blocks=3))
+    s = t2w.stream("Chelsie", **fast)
     base = []
     for i in range(150):
         for p in s.push(codes[i:i + 1]):
@@ -131,7 +133,7 @@ def test_packets_depend_only_on_their_window(one_thread, strong_t2w):
     for changed in (3, 140):
         other = codes.clone()
         other[changed] = (other[changed] + 1) % t2w.num_codes
-        packets = stream_all(t2w, other, **FAST)
+        packets = stream_all(t2w, other, **fast)
         untouched = [p.index for p in base if not p.depends_on[0] <= changed < p.depends_on[1]]
         assert untouched, changed  # both sides are exercised: the last packet misses code 3, the first ones 140
         for p, q in zip(base, packets):
