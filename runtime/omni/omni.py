@@ -119,6 +119,8 @@ class Omni:
         try:
             talker = Talker.from_checkpoint(ckpt, device=device, dtype=thinker.dtype, engine_kwargs=talker_kwargs)
             omni = cls(thinker, talker, Token2Wav.from_checkpoint(ckpt, device=device, graphs=graphs), codec=codec)
+            # the engines (their KV caches, ~0.1 s to zero even for the tiny checkpoint) now, not in the first turn
+            thinker.engine, talker.engine  # noqa: B018
             if codec is not None:
                 codec.wait_ready()
         except BaseException:

@@ -102,6 +102,15 @@ class _Worker:
                     cond.notify_all()
 
 
+def _warm_up(t2w: Token2Wav) -> None:
+    """One short stream before "ready": the first calls of every op (kernel selection, the custom
+    ops' registration, the allocator's first blocks) happen now, not in the user's first packet."""
+    if t2w.speakers:
+        stream = t2w.stream(t2w.speakers[0], num_steps=2)
+        stream.push([0] * stream.codes_needed())
+        stream.finish()
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="omni-token2wav-worker")
     p.add_argument("--fd", type=int, required=True)
@@ -113,6 +122,7 @@ def main(argv=None) -> None:
     try:
         t2w = Token2Wav.from_checkpoint(args.checkpoint)
         t2w.vocoder.receptive_field_frames()
+        _warm_up(t2w)
     except Exception as exc:  # noqa: BLE001 -- the parent reports it (no traceback on the user's terminal)
         conn.send(("fatal", None, picklable_error(exc)))
         return
