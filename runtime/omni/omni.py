@@ -70,7 +70,7 @@ class Omni:
     def _adopt(self, codec) -> None:
         self._codec = codec
         # a dropped Omni ends its decoder (the thread holds the Token2Wav, the child a process)
-        self._finalizer = weakref.finalize(self, _close_codec, codec)
+        self._finalizer = weakref.finalize(self, codec.close, False)  # (no waiting inside a collection)
 
     def close(self) -> None:
         """End the speech decoder: its thread, or its child process (waiting until it exited). Also
@@ -201,13 +201,6 @@ class Omni:
         if speak and talker_params is None:
             talker_params = self.talker.sampling_params(seed=seed)
         return Turn(self, prepared, params, spk, talker_params, seed=seed, noise=noise, streamed=streamed)
-
-
-def _close_codec(codec) -> None:
-    if isinstance(codec, CodecProcess):
-        codec.close(wait=False)
-    else:
-        codec.close()
 
 
 def _has_speech(ckpt) -> bool:

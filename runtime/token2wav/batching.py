@@ -19,13 +19,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
-import time
 from typing import Callable, Iterator, Optional
 
 import torch
 
 from .graphs import BATCH_SIZES
-from .streaming import Chunk, Packet
+from .streaming import Chunk, Packet, decode_together
 
 __all__ = ["decode_chunks", "StreamBatcher", "BatchedStream", "PacketQueue"]
 
@@ -51,39 +50,13 @@ def decode_chunks(chunks: list[Chunk]) -> Iterator[list[tuple[Chunk, object]]]:
         raise ValueError("decode_chunks takes at most one chunk per stream (a stream's chunks depend on each other)")
     for group in _solve_groups(chunks):
         try:
-            yield _decode_group(group)
+            yield decode_together(group)
         except Exception:  # noqa: BLE001 -- isolate it: each chunk alone, so only a failing one reports
             for chunk in group:
                 try:
-                    yield _decode_group([chunk])
+                    yield decode_together([chunk])
                 except Exception as exc:  # noqa: BLE001
                     yield [(chunk, exc)]
-
-
-def _decode_group(group: list[Chunk]) -> list[tuple[Chunk, Packet]]:
-    """All the compute first, then the packets (which advance the streams): a group that raises
-    leaves every stream as it was, so its chunks can be re-run one by one."""
-    first = group[0].stream
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        if len(group) == 1:
-            spk, codes, noise = first.speaker_condition, group[0].codes[None], group[0].noise
-        else:
-            spk = tuple(torch.cat([c.stream.speaker_condition[i] for c in group]) for i in range(2))
-            codes, noise = torch.stack([c.codes for c in group]), torch.cat([c.noise for c in group])
-        windows = first.sample(codes, spk, noise, first.schedule)
-        mels = [c.stream.vocoder_input(c, windows[i:i + 1]) for i, c in enumerate(group)]
-        dit_ms = (time.perf_counter() - t0) * 1e3
-        waves, vocoder_ms = [None] * len(group), [0.0] * len(group)
-        by_length: dict[int, list[int]] = {}
-        for i, mel in enumerate(mels):
-            by_length.setdefault(mel.shape[2], []).append(i)
-        for part in by_length.values():
-            t1 = time.perf_counter()
-            out = first.vocode(torch.cat([mels[i] for i in part]) if len(part) > 1 else mels[part[0]])
-            for j, i in enumerate(part):
-                waves[i], vocoder_ms[i] = out[j], (time.perf_counter() - t1) * 1e3
-    return [(c, c.stream.packet(c, waves[i], dit_ms, vocoder_ms[i], batch=len(group))) for i, c in enumerate(group)]
 
 
 class PacketQueue:
@@ -99,6 +72,10 @@ class PacketQueue:
     @property
     def closed(self) -> bool:
         return self.cancelled or self.done or self.error is not None
+
+    def _refuse_push(self) -> None:  # with self.cond held
+        if self.finishing or self.cancelled:
+            raise ValueError("push after finish() or cancel(): this stream is closed")
 
     def ready(self) -> list[Packet]:
         """The packets decoded since the last call; raises the stream's error once they are out."""
@@ -132,8 +109,7 @@ class BatchedStream(PacketQueue):
 
     def push(self, codes) -> None:
         with self.cond:
-            if self.finishing or self.cancelled:
-                raise ValueError("push after finish() or cancel(): this stream is closed")
+            self._refuse_push()
             self._codes.extend(int(c) for c in codes)
             self._batcher.wake()
 
@@ -197,8 +173,9 @@ class StreamBatcher:
         with self.cond:
             return sum(not h.closed for h in self._streams)
 
-    def close(self) -> None:
-        """End the thread (it holds the Token2Wav); open streams and pending calls fail."""
+    def close(self, wait: bool = True) -> None:
+        """End the thread (it holds the Token2Wav); open streams and pending calls fail. With
+        `wait`, until the thread has ended (it ends after the round it is in)."""
         with self.cond:
             self._closed = True
             gone = RuntimeError("the Token2Wav decoder was closed")
@@ -209,6 +186,8 @@ class StreamBatcher:
                 future.set_exception(gone)
             self._streams, self._calls = [], collections.deque()
             self.cond.notify_all()
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
     def wake(self) -> None:  # with self.cond held
         self._dirty = True

@@ -80,8 +80,7 @@ class RemoteStream(PacketQueue):
     def push(self, codes) -> None:
         codes = [int(c) for c in codes]
         with self.cond:
-            if self.finishing or self.cancelled:
-                raise ValueError("push after finish() or cancel(): this stream is closed")
+            self._refuse_push()
             self._waiting = True
         self._owner.send(("push", self._id, codes))
 

@@ -49,7 +49,7 @@ import torch
 from ..io.speakers import Speaker
 from .flow import Schedule, initial_noise
 
-__all__ = ["StreamPlan", "Packet", "Chunk", "Token2WavStream"]
+__all__ = ["StreamPlan", "Packet", "Chunk", "Token2WavStream", "decode_together"]
 
 
 @dataclass(frozen=True)
@@ -232,16 +232,11 @@ class Token2WavStream:
     def _decode_ready(self, finishing: bool) -> list[Packet]:
         out = []
         while (chunk := self.next_chunk(finishing)) is not None:
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                window = self.sample(chunk.codes[None], self._speaker, chunk.noise, self.schedule)
-                t1 = time.perf_counter()
-                wave = self.vocode(self.vocoder_input(chunk, window))
-            out.append(self.packet(chunk, wave[0], dit_ms=(t1 - t0) * 1e3, vocoder_ms=(time.perf_counter() - t1) * 1e3))
+            out += [packet for _, packet in decode_together([chunk])]
         return out
 
     # ---- one chunk, in three steps: its DiT window, its vocoder window, its packet ------------------
-    # (`batch.decode_chunks` runs the first two for chunks of several streams at once)
+    # (`decode_together` runs them, for one chunk or chunks of several streams at once)
     @property
     def speaker_condition(self):
         return self._speaker
@@ -312,3 +307,32 @@ class Token2WavStream:
         return Packet(index=k, samples=samples, start_sample=start * hop, codes=(start // r, end // r),
                       depends_on=(first_window // r, chunk.window_end // r), dit_ms=dit_ms,
                       vocoder_ms=vocoder_ms, batch=batch)
+
+
+def decode_together(group: list[Chunk]) -> list[tuple[Chunk, Packet]]:
+    """Chunks of different streams sharing a DiT window length (and runners, schedule), decoded as
+    one DiT batch, then one vocoder batch per mel length; one chunk is the plain case. All the
+    compute first, then the packets (which advance the streams): a group that raises leaves every
+    stream as it was, so its chunks can be re-run one by one."""
+    first = group[0].stream
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if len(group) == 1:
+            spk, codes, noise = first.speaker_condition, group[0].codes[None], group[0].noise
+        else:
+            spk = tuple(torch.cat([c.stream.speaker_condition[i] for c in group]) for i in range(2))
+            codes, noise = torch.stack([c.codes for c in group]), torch.cat([c.noise for c in group])
+        windows = first.sample(codes, spk, noise, first.schedule)
+        mels = [c.stream.vocoder_input(c, windows[i:i + 1]) for i, c in enumerate(group)]
+        dit_ms = (time.perf_counter() - t0) * 1e3
+        waves, vocoder_ms = [None] * len(group), [0.0] * len(group)
+        by_length: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            by_length.setdefault(mel.shape[2], []).append(i)
+        for part in by_length.values():
+            t1 = time.perf_counter()
+            out = first.vocode(torch.cat([mels[i] for i in part]) if len(part) > 1 else mels[part[0]])
+            ms = (time.perf_counter() - t1) * 1e3
+            for j, i in enumerate(part):
+                waves[i], vocoder_ms[i] = out[j], ms
+    return [(c, c.stream.packet(c, waves[i], dit_ms, vocoder_ms[i], batch=len(group))) for i, c in enumerate(group)]
