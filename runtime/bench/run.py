@@ -117,6 +117,7 @@ def run_bench(args, argv=None):
 
     from ..io.progress import ProgressLine
     from ..omni import Omni
+    from ..cli.guard import resolve_device
     from ..threads import apply_thread_policy
     from . import report
     from ..token2wav.process import CodecProcess
@@ -124,13 +125,7 @@ def run_bench(args, argv=None):
     from .scenarios import build_scenarios
 
     threads = apply_thread_policy(args.threads)
-    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"invalid --device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    device = resolve_device(args.device)
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     dtype = getattr(torch, _TORCH_DTYPES[dtype_name])
     path, origin = _checkpoint(args, device, dtype)

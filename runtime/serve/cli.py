@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..cli.guard import run_guarded
+from ..cli.guard import resolve_device, run_guarded
 from ..cli.parser import DTYPES
 
 __all__ = ["main", "build_parser", "PROG", "API_KEY_ENV", "DEFAULT_MODEL_NAME"]
@@ -103,15 +103,8 @@ def _serve(args) -> None:
 
     sock = bind(args.host, args.port)  # a busy address fails before the model loads
     apply_thread_policy(args.threads)
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"invalid --device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    dev = resolve_device(args.device)
+    device = str(dev)
     from ..io.progress import ProgressLine
     from ..omni import Omni
     from .app import create_app
